@@ -1,0 +1,116 @@
+"""The one place that reads the process environment.
+
+Every reader validates its variable and raises ``ImproperlyConfigured`` naming it, so a
+bad deployment fails at start-up instead of at the first request.
+"""
+
+from __future__ import annotations
+
+import os
+from typing import Any
+from urllib.parse import urlsplit
+
+import dj_database_url
+from django.core.exceptions import ImproperlyConfigured
+
+TRUE_WORDS = {"1", "true", "yes", "on"}
+FALSE_WORDS = {"0", "false", "no", "off", ""}
+DATABASE_ENGINES = {
+    "postgres": "django.db.backends.postgresql",
+    "postgresql": "django.db.backends.postgresql",
+    "pgsql": "django.db.backends.postgresql",
+    "sqlite": "django.db.backends.sqlite3",
+}
+REDIS_SCHEMES = {"redis", "rediss", "unix"}
+
+
+def _raw(name: str) -> str | None:
+    value = os.environ.get(name)
+    if value is None:
+        return None
+    return value.strip()
+
+
+def env_bool(name: str, *, default: bool) -> bool:
+    value = _raw(name)
+    if value is None:
+        return default
+    lowered = value.lower()
+    if lowered in TRUE_WORDS:
+        return True
+    if lowered in FALSE_WORDS:
+        return False
+    raise ImproperlyConfigured(f"{name} must be one of 1/0, true/false, yes/no, on/off; got {value!r}")
+
+
+def env_int(name: str, *, default: int, minimum: int = 0) -> int:
+    value = _raw(name)
+    if value is None or value == "":
+        return default
+    try:
+        number = int(value)
+    except ValueError:
+        raise ImproperlyConfigured(f"{name} must be an integer; got {value!r}") from None
+    if number < minimum:
+        raise ImproperlyConfigured(f"{name} must be at least {minimum}; got {number}")
+    return number
+
+
+def env_str(name: str, *, default: str) -> str:
+    value = _raw(name)
+    return default if value is None or value == "" else value
+
+
+def env_list(name: str, *, default: list[str]) -> list[str]:
+    value = _raw(name)
+    if value is None or value == "":
+        return default
+    return [item.strip() for item in value.split(",") if item.strip()]
+
+
+def database_from_env(name: str, *, default_sqlite_path: str) -> dict[str, Any]:
+    """Django ``DATABASES['default']`` from ``name`` (a URL), or an SQLite file when unset."""
+    value = _raw(name)
+    if not value:
+        return {
+            "ENGINE": "django.db.backends.sqlite3",
+            "NAME": default_sqlite_path,
+            # Writers from several threads (the in-process task runner, daphne's sync
+            # threads) wait for SQLite's write lock instead of failing at once.
+            "OPTIONS": {"timeout": 20},
+        }
+    scheme = urlsplit(value).scheme.lower()
+    if scheme not in DATABASE_ENGINES:
+        raise ImproperlyConfigured(
+            f"{name} must be a postgres:// or sqlite:// URL; got scheme {scheme or '(none)'!r}"
+        )
+    try:
+        config = dict(dj_database_url.parse(value, conn_max_age=60, conn_health_checks=True))
+    except Exception as exc:  # dj-database-url raises several types for bad URLs
+        raise ImproperlyConfigured(f"{name} is not a valid database URL: {exc}") from None
+    if DATABASE_ENGINES[scheme].endswith("postgresql") and not config.get("NAME"):
+        raise ImproperlyConfigured(f"{name} must name a database, e.g. postgres://host/dbname")
+    return config
+
+
+def redis_url_from_env(name: str) -> str | None:
+    """A validated Redis URL, or ``None`` when the variable is unset or empty."""
+    value = _raw(name)
+    if not value:
+        return None
+    parts = urlsplit(value)
+    if parts.scheme.lower() not in REDIS_SCHEMES:
+        raise ImproperlyConfigured(
+            f"{name} must be a redis://, rediss:// or unix:// URL; got scheme {parts.scheme or '(none)'!r}"
+        )
+    if parts.scheme != "unix":
+        if not parts.hostname:
+            raise ImproperlyConfigured(f"{name} must name a host, e.g. redis://127.0.0.1:6379/0")
+        try:
+            parts.port  # noqa: B018  (urllib validates the port lazily)
+        except ValueError:
+            raise ImproperlyConfigured(f"{name} has an invalid port: {value!r}") from None
+        db = parts.path.lstrip("/")
+        if db and not db.isdigit():
+            raise ImproperlyConfigured(f"{name} database number must be an integer; got {db!r}")
+    return value

@@ -1,0 +1,120 @@
+"""Typed shapes: stored messages, cached sessions, usage, and the session API's bodies."""
+
+from __future__ import annotations
+
+import uuid
+from datetime import datetime
+from typing import Annotated, Any, Literal
+
+from pydantic import BaseModel, ConfigDict, Field, StringConstraints, computed_field
+
+Role = Literal["system", "developer", "user", "assistant", "tool", "function"]
+MessageStatus = Literal["complete", "streaming", "pending", "interrupted", "failed"]
+Title = Annotated[str, StringConstraints(strip_whitespace=True, max_length=200)]
+
+
+class ChatMessageData(BaseModel):
+    """One message of a session. ``sequence`` is ``None`` until the store has saved it."""
+
+    model_config = ConfigDict(extra="forbid")
+
+    role: Role
+    content: str | None = None
+    name: str | None = Field(default=None, max_length=128)
+    tool_call_id: str | None = Field(default=None, max_length=128)
+    refusal: str | None = None
+    # Stored as the model sent them; malformed entries are kept but never sent back.
+    tool_calls: list[dict[str, Any]] | None = None
+    function_call: dict[str, Any] | None = None
+    status: MessageStatus = "complete"
+    client_message_id: str | None = Field(default=None, max_length=64)
+    sequence: int | None = None
+    created_at: datetime | None = None
+    updated_at: datetime | None = None
+
+
+class Usage(BaseModel):
+    """Token usage of one model call, or a session's totals."""
+
+    prompt_tokens: int = Field(default=0, ge=0)
+    completion_tokens: int = Field(default=0, ge=0)
+
+    @computed_field  # type: ignore[prop-decorator]
+    @property
+    def total_tokens(self) -> int:
+        return self.prompt_tokens + self.completion_tokens
+
+
+class SessionMeta(BaseModel):
+    """Everything about a session but its messages; what the cache holds per session."""
+
+    id: uuid.UUID
+    owner_id: int
+    title: str = ""
+    created_at: datetime
+    updated_at: datetime
+    prompt_tokens: int = 0
+    completion_tokens: int = 0
+    credentials: dict[str, Any] = Field(default_factory=dict)
+    successful_agent_runs: dict[str, Any] = Field(default_factory=dict)
+    successful_agent_schedules: dict[str, Any] = Field(default_factory=dict)
+    last_sequence: int = 0
+    last_event_seq: int = 0
+
+    @property
+    def usage(self) -> Usage:
+        return Usage(prompt_tokens=self.prompt_tokens, completion_tokens=self.completion_tokens)
+
+
+class SessionState(SessionMeta):
+    """A session with its messages in order. Messages without a sequence are unsaved."""
+
+    messages: list[ChatMessageData] = Field(default_factory=list)
+
+
+class CachedMeta(BaseModel):
+    """The cache entry of a session's metadata, valid only under its generation."""
+
+    generation: int
+    meta: SessionMeta
+
+
+class SessionSummary(BaseModel):
+    """A row of a user's session list: no messages."""
+
+    id: uuid.UUID
+    title: str
+    created_at: datetime
+    updated_at: datetime
+    message_count: int
+    prompt_tokens: int
+    completion_tokens: int
+
+
+class SessionPage(BaseModel):
+    items: list[SessionSummary]
+    total: int
+    page: int
+    page_size: int
+
+
+# --- Session API request bodies -------------------------------------------------------
+
+
+class SessionCreateIn(BaseModel):
+    model_config = ConfigDict(extra="forbid")
+
+    title: Title = ""
+
+
+class SessionRenameIn(BaseModel):
+    model_config = ConfigDict(extra="forbid")
+
+    title: Title
+
+
+class SessionListQuery(BaseModel):
+    model_config = ConfigDict(extra="forbid")
+
+    page: int = Field(default=1, ge=1)
+    page_size: int = Field(default=20, ge=1, le=100)

@@ -1,0 +1,422 @@
+"""The session store: the only code that reads and writes chat sessions and their messages.
+
+The database is the source of truth. The cache (``session_cache``) is an optimisation:
+reads fall back to the database when it fails or holds garbage, writes touch it only after
+the database committed, and a cache failure never fails a call.
+
+Ownership: every function taking ``owner_id`` treats another user's session exactly like a
+missing one (``SessionNotFound``).
+"""
+
+from __future__ import annotations
+
+import logging
+import uuid
+from collections.abc import Callable, Sequence
+from typing import Any
+
+from django.conf import settings
+from django.db import DatabaseError, transaction
+from django.db.models import F
+from django.utils import timezone
+
+from sessions_app import session_cache
+from sessions_app.errors import SessionNotFound, StoreWriteError
+from sessions_app.models import ChatMessage, ChatSession, UsageRecord
+from sessions_app.schemas import (
+    ChatMessageData,
+    SessionMeta,
+    SessionPage,
+    SessionState,
+    SessionSummary,
+    Usage,
+)
+
+logger = logging.getLogger(__name__)
+
+# The metadata a caller may change through ``session_save``.
+SAVED_FIELDS = (
+    "title",
+    "credentials",
+    "successful_agent_runs",
+    "successful_agent_schedules",
+    "prompt_tokens",
+    "completion_tokens",
+)
+MESSAGE_FIELDS = (
+    "role",
+    "content",
+    "name",
+    "tool_call_id",
+    "refusal",
+    "tool_calls",
+    "function_call",
+    "status",
+    "client_message_id",
+)
+# Updatable in place: everything but who said it and where it stands.
+MESSAGE_UPDATABLE = ("content", "refusal", "tool_calls", "function_call", "status", "name")
+
+
+# --- conversions -----------------------------------------------------------------------
+
+
+def _meta_from_row(row: ChatSession) -> SessionMeta:
+    return SessionMeta(
+        id=row.id,
+        owner_id=row.owner_id,
+        title=row.title,
+        created_at=row.created_at,
+        updated_at=row.updated_at,
+        prompt_tokens=row.prompt_tokens,
+        completion_tokens=row.completion_tokens,
+        credentials=row.credentials,
+        successful_agent_runs=row.successful_agent_runs,
+        successful_agent_schedules=row.successful_agent_schedules,
+        last_sequence=row.last_sequence,
+        last_event_seq=row.last_event_seq,
+    )
+
+
+def _message_from_row(row: ChatMessage) -> ChatMessageData:
+    data = {field: getattr(row, field) for field in MESSAGE_FIELDS}
+    return ChatMessageData(
+        **data, sequence=row.sequence, created_at=row.created_at, updated_at=row.updated_at
+    )
+
+
+def _as_uuid(session_id: uuid.UUID | str) -> uuid.UUID:
+    if isinstance(session_id, uuid.UUID):
+        return session_id
+    try:
+        return uuid.UUID(str(session_id))
+    except ValueError:
+        raise SessionNotFound(session_id) from None
+
+
+def _best_effort(action: str, session_id: uuid.UUID, fn: Callable[[], Any]) -> None:
+    try:
+        fn()
+    except Exception:
+        logger.warning("cache %s failed for session %s", action, session_id, exc_info=True)
+
+
+def _after_commit(action: str, session_id: uuid.UUID, fn: Callable[[], Any]) -> None:
+    transaction.on_commit(lambda: _best_effort(action, session_id, fn))
+
+
+def _write_failed(what: str, session_id: uuid.UUID | None, exc: DatabaseError) -> StoreWriteError:
+    where = f" of session {session_id}" if session_id else ""
+    logger.error("database write failed: %s%s: %s", what, where, exc)
+    return StoreWriteError(f"Could not save {what}{where}: the database refused the write.")
+
+
+# --- reads -----------------------------------------------------------------------------
+
+
+def _session_from_db(session_id: uuid.UUID, owner_id: int | None) -> SessionState:
+    row = _session_row(session_id, owner_id)
+    messages = [_message_from_row(m) for m in ChatMessage.objects.filter(session_id=session_id)]
+    return SessionState(**_meta_from_row(row).model_dump(), messages=messages)
+
+
+def _session_row(session_id: uuid.UUID, owner_id: int | None) -> ChatSession:
+    rows = ChatSession.objects.filter(pk=session_id)
+    if owner_id is not None:
+        rows = rows.filter(owner_id=owner_id)
+    row = rows.first()
+    if row is None:
+        raise SessionNotFound(session_id)
+    return row
+
+
+def session_get(*, session_id: uuid.UUID | str, owner_id: int | None = None) -> SessionState:
+    """A session with all its messages: cache first, then the database (writing back).
+
+    Raises ``SessionNotFound`` for a missing session and for one ``owner_id`` does not own.
+    """
+    sid = _as_uuid(session_id)
+    try:
+        generation, meta = session_cache.meta_lookup(sid)
+    except Exception:
+        logger.warning("cache unavailable reading session %s; using the database", sid, exc_info=True)
+        return _session_from_db(sid, owner_id)
+    if meta is None:
+        # The generation was read first: if a write commits meanwhile, this entry is stale
+        # on arrival and no reader will ever use it.
+        meta = _meta_from_row(_session_row(sid, None))
+        _best_effort("write", sid, lambda: session_cache.meta_store(meta, generation=generation))
+    if owner_id is not None and meta.owner_id != owner_id:
+        raise SessionNotFound(sid)
+    wanted = range(1, meta.last_sequence + 1)
+    try:
+        cached = session_cache.messages_lookup(sid, wanted)
+    except Exception:
+        logger.warning("cache unavailable reading messages of %s; using the database", sid, exc_info=True)
+        cached = {}
+    missing = [seq for seq in wanted if seq not in cached]
+    if missing:
+        rows = ChatMessage.objects.filter(session_id=sid, sequence__lte=meta.last_sequence)
+        if len(missing) < len(wanted):
+            rows = rows.filter(sequence__in=missing)
+        loaded = [_message_from_row(row) for row in rows]
+        cached.update((m.sequence, m) for m in loaded if m.sequence is not None)
+        _best_effort("write", sid, lambda: session_cache.messages_backfill(sid, loaded))
+    messages = [cached[seq] for seq in wanted if seq in cached]
+    return SessionState(**meta.model_dump(), messages=messages)
+
+
+def session_list(*, owner_id: int, page: int = 1, page_size: int | None = None) -> SessionPage:
+    """One page of a user's sessions, newest update first, with the total; no messages."""
+    size = page_size or settings.CHAT_SESSIONS_PAGE_SIZE
+    rows = ChatSession.objects.filter(owner_id=owner_id)
+    total = rows.count()
+    start = (page - 1) * size
+    page_rows = rows.order_by("-updated_at", "-id").only(
+        "id", "title", "created_at", "updated_at", "last_sequence", "prompt_tokens", "completion_tokens"
+    )[start : start + size]
+    items = [
+        SessionSummary(
+            id=row.id,
+            title=row.title,
+            created_at=row.created_at,
+            updated_at=row.updated_at,
+            message_count=row.last_sequence,
+            prompt_tokens=row.prompt_tokens,
+            completion_tokens=row.completion_tokens,
+        )
+        for row in page_rows
+    ]
+    return SessionPage(items=items, total=total, page=page, page_size=size)
+
+
+def session_usage(*, session_id: uuid.UUID | str, owner_id: int | None = None) -> list[Usage]:
+    """The session's usage records, oldest first."""
+    sid = _as_uuid(session_id)
+    _session_row(sid, owner_id)
+    records = UsageRecord.objects.filter(session_id=sid).order_by("id")
+    return [
+        Usage(prompt_tokens=r.prompt_tokens, completion_tokens=r.completion_tokens) for r in records
+    ]
+
+
+# --- writes ----------------------------------------------------------------------------
+
+
+def session_create(
+    *,
+    owner_id: int,
+    title: str = "",
+    credentials: dict[str, Any] | None = None,
+    messages: Sequence[ChatMessageData] = (),
+) -> SessionState:
+    """Create a session (and its first messages): database first, failing loudly."""
+    sid = uuid.uuid4()
+    generation: int | None = None
+    try:
+        generation, _ = session_cache.meta_lookup(sid)
+    except Exception:
+        logger.warning("cache unavailable creating session %s", sid, exc_info=True)
+    try:
+        with transaction.atomic():
+            row = ChatSession.objects.create(
+                id=sid, owner_id=owner_id, title=title, credentials=credentials or {}
+            )
+            saved = _append_locked(row, messages)
+    except DatabaseError as exc:
+        raise _write_failed("the new session", None, exc) from exc
+    state = SessionState(**_meta_from_row(row).model_dump(), messages=saved)
+    if generation is not None:
+        meta = _meta_from_row(row)
+        cached_generation = generation
+        _after_commit("write", sid, lambda: session_cache.meta_store(meta, generation=cached_generation))
+    _after_commit("write", sid, lambda: session_cache.messages_store(sid, saved))
+    return state
+
+
+def _append_locked(row: ChatSession, messages: Sequence[ChatMessageData]) -> list[ChatMessageData]:
+    """Insert ``messages`` after the last one; only the new rows are written.
+
+    Precondition: inside ``transaction.atomic()`` with ``row`` locked (or just created), so
+    the sequence numbers handed out here are unique across processes. Updates ``row``.
+    """
+    if not messages:
+        return []
+    now = timezone.now()
+    start = row.last_sequence
+    new_rows = [
+        ChatMessage(
+            session_id=row.id,
+            sequence=start + offset,
+            created_at=now,
+            updated_at=now,
+            **{field: getattr(message, field) for field in MESSAGE_FIELDS},
+        )
+        for offset, message in enumerate(messages, start=1)
+    ]
+    ChatMessage.objects.bulk_create(new_rows)
+    row.last_sequence = start + len(new_rows)
+    row.updated_at = now
+    ChatSession.objects.filter(pk=row.id).update(last_sequence=row.last_sequence, updated_at=now)
+    return [_message_from_row(r) for r in new_rows]
+
+
+def _locked_row(session_id: uuid.UUID, owner_id: int | None) -> ChatSession:
+    rows = ChatSession.objects.select_for_update().filter(pk=session_id)
+    if owner_id is not None:
+        rows = rows.filter(owner_id=owner_id)
+    row = rows.first()
+    if row is None:
+        raise SessionNotFound(session_id)
+    return row
+
+
+def _after_messages_write(sid: uuid.UUID, saved: list[ChatMessageData]) -> None:
+    def refresh() -> None:
+        session_cache.messages_store(sid, saved)
+        session_cache.generation_bump(sid)
+
+    _after_commit("update", sid, refresh)
+
+
+def messages_append(
+    *,
+    session_id: uuid.UUID | str,
+    messages: Sequence[ChatMessageData],
+    owner_id: int | None = None,
+) -> list[ChatMessageData]:
+    """Append messages to a session and return them with their sequence numbers.
+
+    Atomic across processes: the session row is locked while sequences are allocated, so
+    concurrent writers never lose, reorder or duplicate a message.
+    """
+    sid = _as_uuid(session_id)
+    try:
+        with transaction.atomic():
+            row = _locked_row(sid, owner_id)
+            saved = _append_locked(row, messages)
+            _after_messages_write(sid, saved)
+    except DatabaseError as exc:
+        raise _write_failed(f"{len(messages)} message(s)", sid, exc) from exc
+    return saved
+
+
+def session_save(*, session: SessionState, owner_id: int | None = None) -> SessionState:
+    """Persist a session's new messages (those without a sequence) and changed metadata.
+
+    Saved history is never rewritten. Returns the session as stored.
+    """
+    sid = session.id
+    new = [m for m in session.messages if m.sequence is None]
+    try:
+        with transaction.atomic():
+            row = _locked_row(sid, owner_id)
+            changed = [f for f in SAVED_FIELDS if getattr(row, f) != getattr(session, f)]
+            saved = _append_locked(row, new)
+            if changed:
+                for field in changed:
+                    setattr(row, field, getattr(session, field))
+                row.updated_at = timezone.now()
+                row.save(update_fields=[*changed, "updated_at"])
+            _after_messages_write(sid, saved)
+    except DatabaseError as exc:
+        raise _write_failed("the session", sid, exc) from exc
+    saved_iter = iter(saved)
+    messages = [m if m.sequence is not None else next(saved_iter) for m in session.messages]
+    return SessionState(**_meta_from_row(row).model_dump(), messages=messages)
+
+
+def message_update(
+    *,
+    session_id: uuid.UUID | str,
+    sequence: int,
+    changes: dict[str, Any],
+    owner_id: int | None = None,
+) -> ChatMessageData:
+    """Change a saved message in place (a checkpointed stream, a finished tool result)."""
+    unknown = set(changes) - set(MESSAGE_UPDATABLE)
+    if unknown:
+        raise ValueError(f"message fields not updatable: {', '.join(sorted(unknown))}")
+    sid = _as_uuid(session_id)
+    try:
+        with transaction.atomic():
+            _locked_row(sid, owner_id)
+            row = ChatMessage.objects.filter(session_id=sid, sequence=sequence).first()
+            if row is None:
+                raise LookupError(f"session {sid} has no message {sequence}")
+            for field, value in changes.items():
+                setattr(row, field, value)
+            row.updated_at = timezone.now()
+            updated = _message_from_row(row)  # validates the changes before they are saved
+            row.save(update_fields=[*changes, "updated_at"])
+            ChatSession.objects.filter(pk=sid).update(updated_at=row.updated_at)
+            # Drop the entry before commit: a reader that misses it now back-fills the old
+            # row, and the set after commit overwrites that.
+            _best_effort("delete", sid, lambda: session_cache.message_forget(sid, sequence))
+            _after_messages_write(sid, [updated])
+    except DatabaseError as exc:
+        raise _write_failed(f"message {sequence}", sid, exc) from exc
+    return updated
+
+
+def usage_record(
+    *, session_id: uuid.UUID | str, usage: Usage, model: str = "", owner_id: int | None = None
+) -> Usage:
+    """Record one model call's token usage and add it to the session's totals."""
+    sid = _as_uuid(session_id)
+    try:
+        with transaction.atomic():
+            row = _locked_row(sid, owner_id)
+            UsageRecord.objects.create(
+                session_id=sid,
+                model=model,
+                prompt_tokens=usage.prompt_tokens,
+                completion_tokens=usage.completion_tokens,
+                total_tokens=usage.total_tokens,
+            )
+            ChatSession.objects.filter(pk=sid).update(
+                prompt_tokens=F("prompt_tokens") + usage.prompt_tokens,
+                completion_tokens=F("completion_tokens") + usage.completion_tokens,
+            )
+            _after_commit("update", sid, lambda: session_cache.generation_bump(sid))
+    except DatabaseError as exc:
+        raise _write_failed("token usage", sid, exc) from exc
+    return Usage(
+        prompt_tokens=row.prompt_tokens + usage.prompt_tokens,
+        completion_tokens=row.completion_tokens + usage.completion_tokens,
+    )
+
+
+def session_rename(*, session_id: uuid.UUID | str, owner_id: int, title: str) -> SessionMeta:
+    """Change the title only; no message is rewritten."""
+    sid = _as_uuid(session_id)
+    try:
+        with transaction.atomic():
+            row = _locked_row(sid, owner_id)
+            row.title = title
+            row.updated_at = timezone.now()
+            row.save(update_fields=["title", "updated_at"])
+            _after_commit("update", sid, lambda: session_cache.generation_bump(sid))
+    except DatabaseError as exc:
+        raise _write_failed("the new title", sid, exc) from exc
+    return _meta_from_row(row)
+
+
+def session_delete(*, session_id: uuid.UUID | str, owner_id: int) -> None:
+    """Delete a session the user owns (messages and operations go with it)."""
+    sid = _as_uuid(session_id)
+    try:
+        with transaction.atomic():
+            row = _locked_row(sid, owner_id)
+            last = row.last_sequence
+            row.delete()
+            _after_commit("purge", sid, lambda: session_cache.session_forget(sid, last_sequence=last))
+    except DatabaseError as exc:
+        raise _write_failed("the deletion", sid, exc) from exc
+
+
+def session_cache_invalidate(*, session_id: uuid.UUID | str) -> None:
+    """Drop everything cached about a session. Best effort: failures are only logged."""
+    sid = _as_uuid(session_id)
+    last = ChatSession.objects.filter(pk=sid).values_list("last_sequence", flat=True).first()
+    _best_effort("purge", sid, lambda: session_cache.session_forget(sid, last_sequence=last or 0))
