@@ -24,7 +24,7 @@ class ChatMessageData(BaseModel):
     tool_call_id: str | None = Field(default=None, max_length=128)
     refusal: str | None = None
     # Stored as the model sent them; malformed entries are kept but never sent back.
-    tool_calls: list[dict[str, Any]] | None = None
+    tool_calls: list[Any] | None = None
     function_call: dict[str, Any] | None = None
     status: MessageStatus = "complete"
     client_message_id: str | None = Field(default=None, max_length=64)

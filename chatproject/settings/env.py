@@ -7,6 +7,7 @@ bad deployment fails at start-up instead of at the first request.
 from __future__ import annotations
 
 import os
+from pathlib import Path
 from typing import Any
 from urllib.parse import urlsplit
 
@@ -68,28 +69,40 @@ def env_list(name: str, *, default: list[str]) -> list[str]:
     return [item.strip() for item in value.split(",") if item.strip()]
 
 
+def sqlite_database(path: str) -> dict[str, Any]:
+    return {
+        "ENGINE": "django.db.backends.sqlite3",
+        "NAME": path,
+        # BEGIN IMMEDIATE takes the write lock when a transaction starts, so writers in
+        # several threads or processes queue up (for up to ``timeout`` seconds) instead of
+        # reading the same sequence counter and colliding.
+        "OPTIONS": {"timeout": 20, "transaction_mode": "IMMEDIATE"},
+    }
+
+
 def database_from_env(name: str, *, default_sqlite_path: str) -> dict[str, Any]:
     """Django ``DATABASES['default']`` from ``name`` (a URL), or an SQLite file when unset."""
     value = _raw(name)
     if not value:
-        return {
-            "ENGINE": "django.db.backends.sqlite3",
-            "NAME": default_sqlite_path,
-            # Writers from several threads (the in-process task runner, daphne's sync
-            # threads) wait for SQLite's write lock instead of failing at once.
-            "OPTIONS": {"timeout": 20},
-        }
+        config = sqlite_database(default_sqlite_path)
+        # A file, not memory, so the concurrency tests' worker processes share it.
+        config["TEST"] = {"NAME": str(Path(default_sqlite_path).with_name("test-db.sqlite3"))}
+        return config
     scheme = urlsplit(value).scheme.lower()
     if scheme not in DATABASE_ENGINES:
         raise ImproperlyConfigured(
             f"{name} must be a postgres:// or sqlite:// URL; got scheme {scheme or '(none)'!r}"
         )
     try:
-        config = dict(dj_database_url.parse(value, conn_max_age=60, conn_health_checks=True))
+        # No persistent connections: under ASGI each request may run in another thread,
+        # and Django documents persistent connections as unsuitable there.
+        config = dict(dj_database_url.parse(value, conn_max_age=0))
     except Exception as exc:  # dj-database-url raises several types for bad URLs
         raise ImproperlyConfigured(f"{name} is not a valid database URL: {exc}") from None
-    if DATABASE_ENGINES[scheme].endswith("postgresql") and not config.get("NAME"):
+    if not config.get("NAME"):
         raise ImproperlyConfigured(f"{name} must name a database, e.g. postgres://host/dbname")
+    if scheme == "sqlite":
+        return sqlite_database(str(config["NAME"]))
     return config
 
 
