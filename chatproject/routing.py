@@ -1,7 +1,14 @@
-"""Websocket URL routes. The chat consumer arrives with the streaming work."""
+"""Websocket URL routes."""
 
 from __future__ import annotations
 
-from django.urls import URLPattern
+from typing import Any
 
-websocket_urlpatterns: list[URLPattern] = []
+from django.urls import path
+
+from sessions_app.consumers import ChatConsumer
+
+# django-stubs types path() for views only; channels' URLRouter takes ASGI apps.
+websocket_urlpatterns: list[Any] = [
+    path("ws/sessions/<str:session_id>/", ChatConsumer.as_asgi()),  # type: ignore[arg-type]
+]

@@ -60,7 +60,9 @@ def _function_call(message: ChatMessageData, session_id: object) -> dict[str, st
     return {"name": str(name), "arguments": _arguments(raw.get("arguments"))}
 
 
-def message_to_openai(message: ChatMessageData, *, session_id: object = None) -> dict[str, Any] | None:
+def message_to_openai(
+    message: ChatMessageData, *, session_id: object = None
+) -> dict[str, Any] | None:
     """One message in the chat-completions format, or ``None`` when it cannot be sent."""
     out: dict[str, Any] = {"role": message.role}
     if message.role in ("system", "developer", "user"):
@@ -79,6 +81,10 @@ def message_to_openai(message: ChatMessageData, *, session_id: object = None) ->
         tool_calls = _tool_calls(message, session_id)
         if tool_calls:
             out["tool_calls"] = tool_calls
+        if not (message.content or message.refusal or function_call or tool_calls):
+            # A reply that failed or was cancelled before its first token: nothing to send,
+            # and OpenAI refuses an assistant message with neither content nor calls.
+            return None
     elif message.role == "tool":
         if not message.tool_call_id:
             logger.warning(

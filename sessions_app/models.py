@@ -31,12 +31,23 @@ class ChatSession(models.Model):
     last_sequence = models.PositiveIntegerField(default=0)
     # Highest event seq published for this session (the protocol's ``seq``).
     last_event_seq = models.PositiveBigIntegerField(default=0)
+    # The turn lease: which turn runs, in which server process, and when that process last
+    # said it is alive. A lease whose heartbeat is older than CHAT_LEASE_SECONDS is stale.
+    turn_id = models.UUIDField(null=True, blank=True)
+    turn_owner = models.CharField(max_length=128, blank=True, default="")
+    turn_heartbeat_at = models.DateTimeField(null=True, blank=True)
 
     class Meta:
         ordering = ["-updated_at"]
         indexes = [
             # The session list: one user's sessions, newest first.
             models.Index(fields=["owner", "-updated_at"], name="chatsession_owner_updated"),
+            # The crash sweep: sessions whose turn lease may be stale.
+            models.Index(
+                fields=["turn_heartbeat_at"],
+                condition=Q(turn_id__isnull=False),
+                name="chatsession_turn_lease",
+            ),
         ]
 
     def __str__(self) -> str:
@@ -115,6 +126,11 @@ class Operation(models.Model):
     result = models.TextField(null=True, blank=True)
     error = models.TextField(null=True, blank=True)
     attempts = models.PositiveIntegerField(default=0)
+    # Reported by the running tool: a fraction in [0, 1] (or none) and a short text.
+    progress = models.FloatField(null=True, blank=True)
+    progress_text = models.CharField(max_length=200, blank=True, default="")
+    # The worker holding the lease while the operation runs (see heartbeat_at).
+    lease_owner = models.CharField(max_length=128, blank=True, default="")
     created_at = models.DateTimeField(default=timezone.now, editable=False)
     started_at = models.DateTimeField(null=True, blank=True)
     finished_at = models.DateTimeField(null=True, blank=True)

@@ -118,3 +118,84 @@ class SessionListQuery(BaseModel):
 
     page: int = Field(default=1, ge=1)
     page_size: int = Field(default=20, ge=1, le=100)
+
+
+# --- Session API responses ------------------------------------------------------------
+
+
+class ApiError(BaseModel):
+    """The body of every API error: a stable ``code`` and a message for people."""
+
+    code: str
+    message: str
+    details: list[dict[str, Any]] | None = None
+
+
+class ApiErrorBody(BaseModel):
+    error: ApiError
+
+
+class MessageOut(BaseModel):
+    """A stored message as the API shows it (the client message id stays private)."""
+
+    sequence: int
+    role: Role
+    content: str | None
+    name: str | None
+    tool_call_id: str | None
+    refusal: str | None
+    tool_calls: list[Any] | None
+    function_call: dict[str, Any] | None
+    status: MessageStatus
+    created_at: datetime | None
+    updated_at: datetime | None
+
+    @classmethod
+    def of(cls, message: ChatMessageData) -> MessageOut:
+        """What clients may see of a stored message (the client message id stays private)."""
+        return cls.model_validate(message.model_dump(exclude={"client_message_id"}))
+
+
+class SessionOut(BaseModel):
+    """A session as the API shows it: credentials are never sent to clients."""
+
+    id: uuid.UUID
+    title: str
+    created_at: datetime
+    updated_at: datetime
+    usage: Usage
+    message_count: int
+    last_event_seq: int
+    messages: list[MessageOut] | None = None
+
+
+# --- Message search (store.messages_search, the search_history tool) ------------------
+
+
+class MessageSearchHit(BaseModel):
+    """One message matching a search: where it is, who said it, and a snippet around the
+    match (never the whole content, which may be a 20,000-character tool result)."""
+
+    session_id: uuid.UUID
+    session_title: str
+    sequence: int
+    role: Role
+    created_at: datetime
+    snippet: str
+
+
+class MessageSendIn(BaseModel):
+    """``POST /api/sessions/<id>/messages/``: the same fields as the websocket ``send``."""
+
+    model_config = ConfigDict(extra="forbid")
+
+    content: Annotated[str, StringConstraints(min_length=1)]
+    client_message_id: Annotated[
+        str, StringConstraints(min_length=1, max_length=64, pattern=r"^[A-Za-z0-9._:-]+$")
+    ]
+
+
+class EventsQuery(BaseModel):
+    model_config = ConfigDict(extra="forbid")
+
+    after: int | None = Field(default=None, ge=0)

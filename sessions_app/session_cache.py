@@ -18,6 +18,7 @@ Every function here may raise; ``sessions_app.store`` decides what a failure mea
 
 from __future__ import annotations
 
+import contextlib
 import logging
 import secrets
 import uuid
@@ -91,11 +92,9 @@ def meta_store(meta: SessionMeta, *, generation: int) -> None:
 
 def generation_bump(session_id: uuid.UUID) -> None:
     """Invalidate the cached metadata of a session. Call after the write committed."""
-    try:
+    # No generation (ValueError): no metadata entry can be valid; the next reader starts one.
+    with contextlib.suppress(ValueError):
         cache.incr(generation_key(session_id))
-    except ValueError:
-        # No generation: no metadata entry can be valid; the next reader starts one.
-        pass
 
 
 def messages_lookup(session_id: uuid.UUID, sequences: Iterable[int]) -> dict[int, ChatMessageData]:

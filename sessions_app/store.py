@@ -17,7 +17,7 @@ from typing import Any
 
 from django.conf import settings
 from django.db import DatabaseError, transaction
-from django.db.models import F
+from django.db.models import F, Q
 from django.utils import timezone
 
 from sessions_app import session_cache
@@ -139,7 +139,9 @@ def session_get(*, session_id: uuid.UUID | str, owner_id: int | None = None) -> 
     try:
         generation, meta = session_cache.meta_lookup(sid)
     except Exception:
-        logger.warning("cache unavailable reading session %s; using the database", sid, exc_info=True)
+        logger.warning(
+            "cache unavailable reading session %s; using the database", sid, exc_info=True
+        )
         return _session_from_db(sid, owner_id)
     if meta is None:
         # The generation was read first: if a write commits meanwhile, this entry is stale
@@ -152,7 +154,9 @@ def session_get(*, session_id: uuid.UUID | str, owner_id: int | None = None) -> 
     try:
         cached = session_cache.messages_lookup(sid, wanted)
     except Exception:
-        logger.warning("cache unavailable reading messages of %s; using the database", sid, exc_info=True)
+        logger.warning(
+            "cache unavailable reading messages of %s; using the database", sid, exc_info=True
+        )
         cached = {}
     missing = [seq for seq in wanted if seq not in cached]
     if missing:
@@ -166,6 +170,21 @@ def session_get(*, session_id: uuid.UUID | str, owner_id: int | None = None) -> 
     return SessionState(**meta.model_dump(), messages=messages)
 
 
+def session_check_owner(*, session_id: uuid.UUID | str, owner_id: int) -> uuid.UUID:
+    """The session's id when ``owner_id`` owns it (one indexed query, no messages loaded).
+    Raises ``SessionNotFound`` otherwise."""
+    return _session_row(_as_uuid(session_id), owner_id).id
+
+
+def message_by_client_id(
+    *, session_id: uuid.UUID | str, owner_id: int, client_message_id: str
+) -> ChatMessageData | None:
+    """The message a client sent with ``client_message_id``, if stored (a retried send)."""
+    sid = session_check_owner(session_id=session_id, owner_id=owner_id)
+    row = ChatMessage.objects.filter(session_id=sid, client_message_id=client_message_id).first()
+    return _message_from_row(row) if row is not None else None
+
+
 def session_list(*, owner_id: int, page: int = 1, page_size: int | None = None) -> SessionPage:
     """One page of a user's sessions, newest update first, with the total; no messages."""
     size = page_size or settings.CHAT_SESSIONS_PAGE_SIZE
@@ -173,7 +192,13 @@ def session_list(*, owner_id: int, page: int = 1, page_size: int | None = None) 
     total = rows.count()
     start = (page - 1) * size
     page_rows = rows.order_by("-updated_at", "-id").only(
-        "id", "title", "created_at", "updated_at", "last_sequence", "prompt_tokens", "completion_tokens"
+        "id",
+        "title",
+        "created_at",
+        "updated_at",
+        "last_sequence",
+        "prompt_tokens",
+        "completion_tokens",
     )[start : start + size]
     items = [
         SessionSummary(
@@ -229,7 +254,9 @@ def session_create(
     if generation is not None:
         meta = _meta_from_row(row)
         cached_generation = generation
-        _after_commit("write", sid, lambda: session_cache.meta_store(meta, generation=cached_generation))
+        _after_commit(
+            "write", sid, lambda: session_cache.meta_store(meta, generation=cached_generation)
+        )
     _after_commit("write", sid, lambda: session_cache.messages_store(sid, saved))
     return state
 
@@ -272,11 +299,11 @@ def _locked_row(session_id: uuid.UUID, owner_id: int | None) -> ChatSession:
 
 
 def _after_messages_write(sid: uuid.UUID, saved: list[ChatMessageData]) -> None:
-    def refresh() -> None:
-        session_cache.messages_store(sid, saved)
-        session_cache.generation_bump(sid)
-
-    _after_commit("update", sid, refresh)
+    # Two separate best-effort steps, the bump first: if storing the entries fails, the
+    # bumped generation still sends readers to the database for the new last sequence,
+    # and they back-fill the missing entries themselves.
+    _after_commit("update", sid, lambda: session_cache.generation_bump(sid))
+    _after_commit("write", sid, lambda: session_cache.messages_store(sid, saved))
 
 
 def messages_append(
@@ -299,6 +326,31 @@ def messages_append(
     except DatabaseError as exc:
         raise _write_failed(f"{len(messages)} message(s)", sid, exc) from exc
     return saved
+
+
+def message_append_once(
+    *, session_id: uuid.UUID | str, message: ChatMessageData, owner_id: int | None = None
+) -> tuple[ChatMessageData, bool]:
+    """Append ``message`` unless one with its ``client_message_id`` is already stored.
+
+    Returns the stored message and whether it is new: a retried send is stored once. The
+    check runs under the session row's lock, so two processes racing store it once too.
+    """
+    sid = _as_uuid(session_id)
+    try:
+        with transaction.atomic():
+            row = _locked_row(sid, owner_id)
+            if message.client_message_id:
+                existing = ChatMessage.objects.filter(
+                    session_id=sid, client_message_id=message.client_message_id
+                ).first()
+                if existing is not None:
+                    return _message_from_row(existing), False
+            [saved] = _append_locked(row, [message])
+            _after_messages_write(sid, [saved])
+    except DatabaseError as exc:
+        raise _write_failed("the message", sid, exc) from exc
+    return saved, True
 
 
 def session_save(*, session: SessionState, owner_id: int | None = None) -> SessionState:
@@ -402,6 +454,23 @@ def session_rename(*, session_id: uuid.UUID | str, owner_id: int, title: str) ->
     return _meta_from_row(row)
 
 
+def session_title_set_if_empty(*, session_id: uuid.UUID | str, title: str) -> SessionMeta | None:
+    """Set a generated title unless the session has one (the user may have named it
+    meanwhile). Returns the new metadata, or ``None`` when the title was kept."""
+    sid = _as_uuid(session_id)
+    try:
+        with transaction.atomic():
+            row = _locked_row(sid, None)
+            if row.title:
+                return None
+            row.title = title
+            row.save(update_fields=["title"])
+            _after_commit("update", sid, lambda: session_cache.generation_bump(sid))
+    except DatabaseError as exc:
+        raise _write_failed("the generated title", sid, exc) from exc
+    return _meta_from_row(row)
+
+
 def session_delete(*, session_id: uuid.UUID | str, owner_id: int) -> None:
     """Delete a session the user owns (messages and operations go with it)."""
     sid = _as_uuid(session_id)
@@ -410,7 +479,9 @@ def session_delete(*, session_id: uuid.UUID | str, owner_id: int) -> None:
             row = _locked_row(sid, owner_id)
             last = row.last_sequence
             row.delete()
-            _after_commit("purge", sid, lambda: session_cache.session_forget(sid, last_sequence=last))
+            _after_commit(
+                "purge", sid, lambda: session_cache.session_forget(sid, last_sequence=last)
+            )
     except DatabaseError as exc:
         raise _write_failed("the deletion", sid, exc) from exc
 
@@ -420,3 +491,129 @@ def session_cache_invalidate(*, session_id: uuid.UUID | str) -> None:
     sid = _as_uuid(session_id)
     last = ChatSession.objects.filter(pk=sid).values_list("last_sequence", flat=True).first()
     _best_effort("purge", sid, lambda: session_cache.session_forget(sid, last_sequence=last or 0))
+
+
+# --- event sequence floor (sessions_app.events) ------------------------------------------
+
+
+def session_event_seq(*, session_id: uuid.UUID | str) -> int:
+    """The highest event seq the database knows of (0 for a missing session)."""
+    sid = _as_uuid(session_id)
+    last = ChatSession.objects.filter(pk=sid).values_list("last_event_seq", flat=True).first()
+    return last or 0
+
+
+def session_event_seq_raise(*, session_id: uuid.UUID | str, seq: int) -> None:
+    """Raise the stored event seq to ``seq`` (never lowers it). No cache entry depends on it
+    being current, so the cache is left alone."""
+    sid = _as_uuid(session_id)
+    ChatSession.objects.filter(pk=sid, last_event_seq__lt=seq).update(last_event_seq=seq)
+
+
+# --- message search (the search_history tool) -------------------------------------------
+
+# Appended after the module's own imports to keep this block self-contained.
+from sessions_app.schemas import MessageSearchHit  # noqa: E402
+
+SEARCH_SNIPPET_CHARS = 160
+
+
+def messages_search(*, owner_id: int, query: str, limit: int) -> list[MessageSearchHit]:
+    """Messages of ``owner_id``'s own sessions whose content contains ``query``, ignoring
+    case (ASCII only on SQLite, whose LIKE folds no other letters), newest first.
+
+    Ownership is part of the query itself, so another user's message can never be returned.
+    Reads only the matching rows (at most ``limit``) and their session titles, never whole
+    sessions, and returns snippets rather than contents.
+    """
+    needle = " ".join(query.split())
+    if not needle or limit < 1:
+        return []
+    rows = (
+        ChatMessage.objects.filter(session__owner_id=owner_id, content__icontains=needle)
+        .order_by("-created_at", "-id")
+        .values_list("session_id", "session__title", "sequence", "role", "content", "created_at")
+    )[:limit]
+    return [
+        MessageSearchHit(
+            session_id=session_id,
+            session_title=title,
+            sequence=sequence,
+            role=role,
+            created_at=created_at,
+            snippet=_search_snippet(content or "", needle, SEARCH_SNIPPET_CHARS),
+        )
+        for session_id, title, sequence, role, content, created_at in rows
+    ]
+
+
+def _search_snippet(content: str, needle: str, width: int) -> str:
+    """About ``width`` characters of ``content`` centred on the first match, on one line."""
+    text = " ".join(content.split())
+    at = max(text.lower().find(needle.lower()), 0)
+    start = max(0, at - (width - len(needle)) // 2)
+    end = min(len(text), start + width)
+    start = max(0, end - width)
+    return ("…" if start else "") + text[start:end] + ("…" if end < len(text) else "")
+
+
+def session_owner(*, session_id: uuid.UUID | str) -> int:
+    """The owner's id of a session. Raises ``SessionNotFound``."""
+    sid = _as_uuid(session_id)
+    owner_id = ChatSession.objects.filter(pk=sid).values_list("owner_id", flat=True).first()
+    if owner_id is None:
+        raise SessionNotFound(sid)
+    return owner_id
+
+
+def message_pk(*, session_id: uuid.UUID | str, sequence: int) -> int:
+    """The primary key of a session's message (to link an operation to it)."""
+    sid = _as_uuid(session_id)
+    pk = (
+        ChatMessage.objects.filter(session_id=sid, sequence=sequence)
+        .values_list("pk", flat=True)
+        .first()
+    )
+    if pk is None:
+        raise LookupError(f"session {sid} has no message {sequence}")
+    return pk
+
+
+def _forget_message(sid: uuid.UUID, sequence: int) -> None:
+    _best_effort("delete", sid, lambda: session_cache.message_forget(sid, sequence))
+
+
+def messages_interrupt_unfinished(
+    *, session_id: uuid.UUID | str, tool_content: str
+) -> list[ChatMessageData]:
+    """Mark what a dead turn left unfinished: streaming text is kept and marked
+    ``interrupted``; pending tool calls that are not operations get ``tool_content`` (the
+    model needs an answer to every call). Operations' messages are left to their sweep."""
+    sid = _as_uuid(session_id)
+    try:
+        with transaction.atomic():
+            _locked_row(sid, None)
+            rows = list(
+                ChatMessage.objects.filter(session_id=sid)
+                .filter(
+                    Q(status=ChatMessage.Status.STREAMING)
+                    | Q(role=ChatMessage.Role.TOOL, status=ChatMessage.Status.PENDING)
+                )
+                .exclude(operation__isnull=False)
+                .order_by("sequence")
+            )
+            now = timezone.now()
+            for row in rows:
+                if row.role == ChatMessage.Role.TOOL:
+                    row.content = tool_content
+                row.status = ChatMessage.Status.INTERRUPTED
+                row.updated_at = now
+                row.save(update_fields=["content", "status", "updated_at"])
+            changed = [_message_from_row(row) for row in rows]
+            if changed:
+                for row in rows:
+                    _forget_message(sid, row.sequence)
+                _after_messages_write(sid, changed)
+    except DatabaseError as exc:
+        raise _write_failed("the interrupted messages", sid, exc) from exc
+    return changed

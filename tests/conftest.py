@@ -9,6 +9,10 @@ import pytest
 from django.conf import settings
 from django.contrib.auth import get_user_model
 from django.core.cache import cache
+from django.test import Client
+
+# Fixtures of consumer-level tests (chat_runtime, session_id, ...).
+pytest_plugins = ["tests.chat_fixtures"]
 
 OWNER_PASSWORD = "owner-pass-123"
 STRANGER_PASSWORD = "stranger-pass-123"
@@ -34,6 +38,12 @@ def _fast_password_hashing(settings: Any) -> None:
 
 
 @pytest.fixture(autouse=True)
+def _no_signal_handlers(settings: Any) -> None:
+    """Background work started in the test process must not take over pytest's SIGTERM."""
+    settings.CHAT_HANDLE_SIGTERM = False
+
+
+@pytest.fixture(autouse=True)
 def _clear_cache() -> Iterator[None]:
     """Each test starts with an empty cache (a real Redis db is flushed too)."""
     cache.clear()
@@ -49,3 +59,66 @@ def owner(db: Any) -> Any:
 @pytest.fixture
 def stranger(db: Any) -> Any:
     return get_user_model().objects.create_user("stranger", password=STRANGER_PASSWORD)
+
+
+def client_for(user: Any, password: str, **kwargs: Any) -> Client:
+    """A test client logged in as ``user``."""
+    client = Client(**kwargs)
+    assert client.login(username=user.get_username(), password=password)
+    return client
+
+
+@pytest.fixture
+def owner_client(owner: Any) -> Client:
+    return client_for(owner, OWNER_PASSWORD)
+
+
+@pytest.fixture
+def stranger_client(stranger: Any) -> Client:
+    return client_for(stranger, STRANGER_PASSWORD)
+
+
+# --- real processes: the local scripted model (tests/processes.py, docs/local-model.md) ---
+
+LOCAL_MODEL_WORD_DELAY_MS = 5
+
+
+@pytest.fixture(scope="session")
+def local_model_url() -> Iterator[str]:
+    """Base URL (ending in ``/v1``) of a ``manage.py local_model`` started for this session.
+
+    It paces streams at 5 ms per piece and accepts any API key.
+    """
+    import sys
+
+    from tests.processes import ManagedProcess, free_port
+
+    port = free_port()
+    command = [
+        sys.executable,
+        "manage.py",
+        "local_model",
+        "--host=127.0.0.1",
+        f"--port={port}",
+        f"--word-delay-ms={LOCAL_MODEL_WORD_DELAY_MS}",
+    ]
+    with ManagedProcess(
+        command,
+        name="local-model",
+        env={"LOCAL_MODEL_API_KEY": ""},
+        ready_line="local model listening on",
+        ready_port=port,
+    ):
+        yield f"http://127.0.0.1:{port}/v1"
+
+
+@pytest.hookimpl(wrapper=True)
+def pytest_runtest_makereport(item: pytest.Item, call: pytest.CallInfo[None]) -> Any:
+    """A failing test's report shows the log tails of the processes still running."""
+    from tests.processes import LIVE
+
+    report = yield
+    if report.failed:
+        for process in LIVE:
+            report.sections.append((f"process {process.name}", process.describe()))
+    return report

@@ -15,24 +15,15 @@ from typing import Any
 
 import pytest
 from django.conf import settings
-from django.db import connection
 
 from sessions_app import store
 from sessions_app.models import ChatMessage, ChatSession
+from tests.servers import database_url
 
 pytestmark = pytest.mark.django_db(transaction=True)
 
 WORKER = Path(__file__).parent / "workers" / "append_worker.py"
 ROOT = Path(__file__).resolve().parent.parent
-
-
-def database_url() -> str:
-    """A URL naming the database this test run uses (pytest-django's test database)."""
-    db = connection.settings_dict
-    if db["ENGINE"].endswith("sqlite3"):
-        return f"sqlite:///{Path(db['NAME']).resolve()}"
-    auth = db["USER"] + (f":{db['PASSWORD']}" if db["PASSWORD"] else "")
-    return f"postgres://{auth}@{db['HOST'] or '127.0.0.1'}:{db['PORT'] or 5432}/{db['NAME']}"
 
 
 def run_workers(session_id: Any, specs: list[tuple[str, int, int]]) -> None:

@@ -33,7 +33,11 @@ def test_all_six_roles() -> None:
             refusal="I won't do that part",
             function_call={"name": "legacy", "arguments": '{"a": 1}'},
             tool_calls=[
-                {"id": "call_1", "type": "function", "function": {"name": "calc", "arguments": '{"x": "2+2"}'}}
+                {
+                    "id": "call_1",
+                    "type": "function",
+                    "function": {"name": "calc", "arguments": '{"x": "2+2"}'},
+                }
             ],
         ),
         ChatMessageData(role="tool", content="4", tool_call_id="call_1"),
@@ -51,7 +55,11 @@ def test_all_six_roles() -> None:
             "refusal": "I won't do that part",
             "function_call": {"name": "legacy", "arguments": '{"a": 1}'},
             "tool_calls": [
-                {"id": "call_1", "type": "function", "function": {"name": "calc", "arguments": '{"x": "2+2"}'}}
+                {
+                    "id": "call_1",
+                    "type": "function",
+                    "function": {"name": "calc", "arguments": '{"x": "2+2"}'},
+                }
             ],
         },
         {"role": "tool", "content": "4", "tool_call_id": "call_1"},
@@ -75,7 +83,9 @@ def test_malformed_tool_calls_are_skipped_with_warning(
     bad_call: Any, caplog: pytest.LogCaptureFixture
 ) -> None:
     good = {"id": "call_ok", "function": {"name": "calc", "arguments": '{"x": 1}'}}
-    session = session_of(ChatMessageData(role="assistant", content="hm", tool_calls=[bad_call, good]))
+    session = session_of(
+        ChatMessageData(role="assistant", content="hm", tool_calls=[bad_call, good])
+    )
     with caplog.at_level(logging.WARNING, logger="sessions_app.conversion"):
         [message] = session_to_openai_messages(session)
     assert message["tool_calls"] == [
@@ -84,7 +94,9 @@ def test_malformed_tool_calls_are_skipped_with_warning(
     assert "malformed tool call" in caplog.text
 
 
-def test_only_malformed_tool_calls_leave_no_tool_calls_key(caplog: pytest.LogCaptureFixture) -> None:
+def test_only_malformed_tool_calls_leave_no_tool_calls_key(
+    caplog: pytest.LogCaptureFixture,
+) -> None:
     session = session_of(
         ChatMessageData(role="assistant", content="x", tool_calls=[{"function": {"name": "a"}}])
     )

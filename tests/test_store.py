@@ -76,7 +76,9 @@ def test_create_stores_session_and_first_messages(owner: Any) -> None:
 
 def test_create_failure_raises_clear_error_and_stores_nothing(owner: Any) -> None:
     with (
-        mock.patch.object(ChatMessage.objects, "bulk_create", side_effect=DatabaseError("disk full")),
+        mock.patch.object(
+            ChatMessage.objects, "bulk_create", side_effect=DatabaseError("disk full")
+        ),
         pytest.raises(StoreWriteError, match="Could not save the new session"),
     ):
         store.session_create(owner_id=owner.pk, messages=[user_msg("hi")])
@@ -140,7 +142,9 @@ def test_get_after_append_reads_only_the_session_row(owner: Any) -> None:
 # --- cache failures -----------------------------------------------------------------------
 
 
-def test_unreachable_redis_falls_back_to_database(owner: Any, caplog: pytest.LogCaptureFixture) -> None:
+def test_unreachable_redis_falls_back_to_database(
+    owner: Any, caplog: pytest.LogCaptureFixture
+) -> None:
     sid = make_session(owner, 2)
     with override_settings(CACHES=UNREACHABLE_REDIS), caplog.at_level(logging.WARNING):
         state = store.session_get(session_id=sid, owner_id=owner.pk)
@@ -169,7 +173,7 @@ def test_corrupt_meta_entry_falls_back_and_is_repaired(
         state = store.session_get(session_id=sid)
     assert state.title == "Real"
     assert "corrupt cache entry" in caplog.text
-    generation, meta = session_cache.meta_lookup(sid)
+    _, meta = session_cache.meta_lookup(sid)
     assert meta is not None and meta.title == "Real"
 
 
@@ -276,7 +280,9 @@ def test_save_writes_only_new_messages_and_metadata(owner: Any) -> None:
     state.prompt_tokens, state.completion_tokens = 11, 7
     with CaptureQueriesContext(connection) as queries:
         saved = store.session_save(session=state, owner_id=owner.pk)
-    writes = [q["sql"] for q in queries.captured_queries if q["sql"].startswith(("INSERT", "UPDATE"))]
+    writes = [
+        q["sql"] for q in queries.captured_queries if q["sql"].startswith(("INSERT", "UPDATE"))
+    ]
     message_writes = [sql for sql in writes if "chatmessage" in sql.lower()]
     assert len(message_writes) == 1 and message_writes[0].startswith("INSERT")
     assert [m.sequence for m in saved.messages] == [1, 2, 3, 4]
@@ -341,7 +347,9 @@ def test_message_update_rejects_bad_changes_and_keeps_data(owner: Any) -> None:
 def test_usage_records_and_totals(owner: Any) -> None:
     sid = make_session(owner)
     store.session_get(session_id=sid)
-    store.usage_record(session_id=sid, usage=Usage(prompt_tokens=10, completion_tokens=5), model="m")
+    store.usage_record(
+        session_id=sid, usage=Usage(prompt_tokens=10, completion_tokens=5), model="m"
+    )
     totals = store.usage_record(session_id=sid, usage=Usage(prompt_tokens=3, completion_tokens=2))
     assert totals == Usage(prompt_tokens=13, completion_tokens=7)
     assert totals.total_tokens == 20
@@ -386,7 +394,10 @@ def test_rename_changes_title_only_and_invalidates(owner: Any, stranger: Any) ->
         store.session_rename(session_id=sid, owner_id=owner.pk, title="new")
     assert all("chatmessage" not in q["sql"].lower() for q in queries.captured_queries)
     assert store.session_get(session_id=sid).title == "new"
-    assert list(ChatMessage.objects.filter(session_id=sid).values_list("updated_at", flat=True)) == stamps
+    assert (
+        list(ChatMessage.objects.filter(session_id=sid).values_list("updated_at", flat=True))
+        == stamps
+    )
     with pytest.raises(SessionNotFound):
         store.session_rename(session_id=sid, owner_id=stranger.pk, title="theirs")
     assert store.session_get(session_id=sid).title == "new"
@@ -419,4 +430,12 @@ def test_invalidate_drops_every_entry(owner: Any) -> None:
     assert len(cache.get_many(keys)) == 4
     store.session_cache_invalidate(session_id=sid)
     assert cache.get_many(keys) == {}
+    assert contents(sid) == ["m1", "m2"]
+
+
+def test_failed_message_cache_write_still_invalidates(owner: Any) -> None:
+    sid = make_session(owner, 1)
+    assert contents(sid) == ["m1"]  # metadata and message 1 cached
+    with mock.patch.object(session_cache, "messages_store", side_effect=ConnectionError("down")):
+        store.messages_append(session_id=sid, messages=[user_msg("m2")])
     assert contents(sid) == ["m1", "m2"]

@@ -14,9 +14,11 @@ from django.core.exceptions import ImproperlyConfigured
 from chatproject.settings.env import (
     database_from_env,
     env_bool,
+    env_choice,
     env_int,
     env_list,
     env_str,
+    env_url,
     redis_url_from_env,
 )
 
@@ -41,6 +43,7 @@ INSTALLED_APPS = [
     "whitenoise.runserver_nostatic",
     "django.contrib.staticfiles",
     "channels",
+    "django_tasks_db",
     "sessions_app",
 ]
 
@@ -83,7 +86,7 @@ DEFAULT_AUTO_FIELD = "django.db.models.BigAutoField"
 
 # --- Redis: cache and channel layer ---------------------------------------------------
 REDIS_URL = redis_url_from_env("REDIS_URL")
-# Seconds a cached session lives without being read or written.
+# Seconds a cache entry of a session lives after it was written (readers refill expired ones).
 CHAT_CACHE_TTL = env_int("CHAT_CACHE_TTL", default=24 * 3600, minimum=1)
 # Every cache key of this project starts with this, so one Redis can be shared.
 CHAT_CACHE_PREFIX = env_str("CHAT_CACHE_PREFIX", default="chatproject")
@@ -139,6 +142,8 @@ AUTH_PASSWORD_VALIDATORS = [
     {"NAME": "django.contrib.auth.password_validation.NumericPasswordValidator"},
 ]
 LOGIN_URL = "login"
+# API clients get a JSON 403 instead of an HTML page.
+CSRF_FAILURE_VIEW = "sessions_app.api.csrf_failure"
 LOGIN_REDIRECT_URL = "home"
 LOGOUT_REDIRECT_URL = "login"
 
@@ -149,6 +154,8 @@ USE_TZ = True
 
 STATIC_URL = "static/"
 STATIC_ROOT = VAR_DIR / "static"
+# WhiteNoise warns about a missing root before the first collectstatic.
+STATIC_ROOT.mkdir(exist_ok=True)
 STATICFILES_DIRS = [BASE_DIR / "static"]
 STORAGES = {
     "default": {"BACKEND": "django.core.files.storage.FileSystemStorage"},
@@ -163,12 +170,88 @@ CHAT_SESSIONS_PAGE_SIZE = env_int("CHAT_SESSIONS_PAGE_SIZE", default=20, minimum
 CHAT_SESSIONS_MAX_PAGE_SIZE = 100
 CHAT_TITLE_MAX_LENGTH = 200
 
+# --- The chat model (sessions_app/llm.py) -------------------------------------------------
+# Without OPENAI_BASE_URL the project's own local scripted model answers (docs/local-model.md):
+# mounted at /local-model/ of this server, so LOCAL_MODEL_URL names this server's address.
+OPENAI_BASE_URL = env_str("OPENAI_BASE_URL", default="")
+CHAT_USING_LOCAL_MODEL = not OPENAI_BASE_URL
+LOCAL_MODEL_URL = env_url("LOCAL_MODEL_URL", default="http://127.0.0.1:8000/local-model/v1")
+CHAT_MODEL_BASE_URL = OPENAI_BASE_URL or LOCAL_MODEL_URL
+if OPENAI_BASE_URL:
+    env_url("OPENAI_BASE_URL", default="")  # validates the URL, naming the variable
+# The local model takes any key; a real server needs OPENAI_API_KEY.
+OPENAI_API_KEY = env_str("OPENAI_API_KEY", default="local-model-needs-no-key")
+CHAT_MODEL = env_str("CHAT_MODEL", default="chatproject-local")
+# Seconds without a byte from the model before a call fails with model_timeout.
+CHAT_MODEL_TIMEOUT = env_int("CHAT_MODEL_TIMEOUT", default=60, minimum=1)
+# Retries of transient failures (connection, 429, 5xx) before a stream has started.
+CHAT_MODEL_MAX_RETRIES = env_int("CHAT_MODEL_MAX_RETRIES", default=2, minimum=0)
+CHAT_SYSTEM_PROMPT = env_str(
+    "CHAT_SYSTEM_PROMPT",
+    default="You are a helpful assistant. Use the tools you are given when they help.",
+)
+
+# --- Turns and the websocket protocol (sessions_app/turns.py, consumers.py) --------------
+# Model calls per turn: a turn stops with `step_limit` when the model keeps calling tools.
+CHAT_TURN_MAX_STEPS = env_int("CHAT_TURN_MAX_STEPS", default=8, minimum=1)
+# Partial assistant text is written to the database at least this often while it streams.
+CHAT_CHECKPOINT_SECONDS = env_int("CHAT_CHECKPOINT_MS", default=1000, minimum=10) / 1000
+CHAT_MESSAGE_MAX_CHARS = env_int("CHAT_MESSAGE_MAX_CHARS", default=32_000, minimum=1)
+CHAT_WS_MAX_FRAME_BYTES = env_int("CHAT_WS_MAX_FRAME_BYTES", default=256 * 1024, minimum=1024)
+# Events kept per session for `resume` (a Redis Stream with REDIS_URL, memory otherwise).
+CHAT_EVENT_LOG_SIZE = env_int("CHAT_EVENT_LOG_SIZE", default=5000, minimum=10)
+
 LOGGING = {
     "version": 1,
     "disable_existing_loggers": False,
     "formatters": {"plain": {"format": "%(asctime)s %(levelname)s %(name)s: %(message)s"}},
     "handlers": {"console": {"class": "logging.StreamHandler", "formatter": "plain"}},
+    "root": {"handlers": ["console"], "level": "WARNING"},
     "loggers": {
-        "sessions_app": {"handlers": ["console"], "level": env_str("CHAT_LOG_LEVEL", default="INFO")},
+        # Through the root handler above: daphne's own logging setup then finds a root
+        # handler and adds none, so each line is printed once.
+        "sessions_app": {"level": env_str("CHAT_LOG_LEVEL", default="INFO")},
     },
 }
+
+# --- Tools (sessions_app.tools; docs/tools.md) ----------------------------------------
+# Dotted paths of the BaseTool subclasses offered to the model, in this order. A bad entry
+# stops start-up with ImproperlyConfigured naming it.
+CHAT_TOOLS: list[str] = [
+    "sessions_app.tools.builtin.current_time.CurrentTime",
+    "sessions_app.tools.builtin.calculator.Calculator",
+    "sessions_app.tools.builtin.search_history.SearchHistory",
+    "sessions_app.tools.builtin.draft_document.DraftDocument",
+    "sessions_app.tools.builtin.timer.Timer",
+    # More tools from the environment (comma-separated dotted paths), e.g. a deployment's own.
+    *env_list("CHAT_EXTRA_TOOLS", default=[]),
+]
+# A tool result longer than this is cut, with a marker, before the model sees it.
+CHAT_TOOL_RESULT_MAX_CHARS = env_int("CHAT_TOOL_RESULT_MAX_CHARS", default=20_000, minimum=1000)
+# --- end of tools ---------------------------------------------------------------------
+
+# --- Long-running operations and leases (sessions_app/operations.py, worker.py) -----------
+# Operations run through django.tasks on the database queue of django-tasks-db.
+TASKS = {"default": {"BACKEND": "django_tasks_db.DatabaseBackend", "QUEUES": ["default"]}}
+# "in-process": every server process also runs queued operations (the embedded default: no
+# extra command). "external": only `manage.py db_worker` processes run them (production).
+CHAT_TASK_WORKER = env_choice(
+    "CHAT_TASK_WORKER", choices=("in-process", "external"), default="in-process"
+)
+if CHAT_TASK_WORKER == "external" and not REDIS_URL:
+    # Separate worker processes publish their events through Redis; without it no server
+    # would ever hear of an operation's progress or end.
+    raise ImproperlyConfigured("CHAT_TASK_WORKER=external needs REDIS_URL")
+# Operations one in-process worker runs at once.
+CHAT_WORKER_CONCURRENCY = env_int("CHAT_WORKER_CONCURRENCY", default=4, minimum=1)
+# A turn or operation whose owner has not renewed its lease for this long is presumed dead.
+CHAT_LEASE_SECONDS = env_int("CHAT_LEASE_MS", default=30_000, minimum=100) / 1000
+CHAT_HEARTBEAT_SECONDS = env_int("CHAT_HEARTBEAT_MS", default=5_000, minimum=50) / 1000
+if CHAT_HEARTBEAT_SECONDS >= CHAT_LEASE_SECONDS:
+    raise ImproperlyConfigured("CHAT_HEARTBEAT_MS must be shorter than CHAT_LEASE_MS")
+# How often each server process looks for work whose owner is gone.
+CHAT_SWEEP_SECONDS = env_int("CHAT_SWEEP_MS", default=10_000, minimum=50) / 1000
+# Server processes hand back their turns and operations on SIGTERM before stopping.
+CHAT_HANDLE_SIGTERM = env_bool("CHAT_HANDLE_SIGTERM", default=True)
+# Runs of a retry-safe operation before it fails for good.
+CHAT_OPERATION_MAX_ATTEMPTS = env_int("CHAT_OPERATION_MAX_ATTEMPTS", default=3, minimum=1)

@@ -41,7 +41,9 @@ def env_bool(name: str, *, default: bool) -> bool:
         return True
     if lowered in FALSE_WORDS:
         return False
-    raise ImproperlyConfigured(f"{name} must be one of 1/0, true/false, yes/no, on/off; got {value!r}")
+    raise ImproperlyConfigured(
+        f"{name} must be one of 1/0, true/false, yes/no, on/off; got {value!r}"
+    )
 
 
 def env_int(name: str, *, default: int, minimum: int = 0) -> int:
@@ -60,6 +62,28 @@ def env_int(name: str, *, default: int, minimum: int = 0) -> int:
 def env_str(name: str, *, default: str) -> str:
     value = _raw(name)
     return default if value is None or value == "" else value
+
+
+def env_url(name: str, *, default: str) -> str:
+    """An http(s) URL with a host; the value itself is never echoed (it may hold a secret)."""
+    value = env_str(name, default=default)
+    if not value:
+        return value
+    parts = urlsplit(value)
+    if parts.scheme not in ("http", "https") or not parts.hostname:
+        raise ImproperlyConfigured(f"{name} must be an http:// or https:// URL with a host")
+    try:
+        parts.port  # noqa: B018  (urllib validates the port lazily)
+    except ValueError:
+        raise ImproperlyConfigured(f"{name} has an invalid port") from None
+    return value
+
+
+def env_choice(name: str, *, choices: tuple[str, ...], default: str) -> str:
+    value = env_str(name, default=default)
+    if value not in choices:
+        raise ImproperlyConfigured(f"{name} must be one of {', '.join(choices)}; got {value!r}")
+    return value
 
 
 def env_list(name: str, *, default: list[str]) -> list[str]:
@@ -86,7 +110,9 @@ def database_from_env(name: str, *, default_sqlite_path: str) -> dict[str, Any]:
     if not value:
         config = sqlite_database(default_sqlite_path)
         # A file, not memory, so the concurrency tests' worker processes share it.
-        config["TEST"] = {"NAME": str(Path(default_sqlite_path).with_name("test-db.sqlite3"))}
+        # One file per test run (its pid), so test runs side by side do not share it.
+        test_name = f"test-db-{os.getpid()}.sqlite3"
+        config["TEST"] = {"NAME": str(Path(default_sqlite_path).with_name(test_name))}
         return config
     scheme = urlsplit(value).scheme.lower()
     if scheme not in DATABASE_ENGINES:
@@ -114,7 +140,8 @@ def redis_url_from_env(name: str) -> str | None:
     parts = urlsplit(value)
     if parts.scheme.lower() not in REDIS_SCHEMES:
         raise ImproperlyConfigured(
-            f"{name} must be a redis://, rediss:// or unix:// URL; got scheme {parts.scheme or '(none)'!r}"
+            f"{name} must be a redis://, rediss:// or unix:// URL; "
+            f"got scheme {parts.scheme or '(none)'!r}"
         )
     if parts.scheme != "unix":
         if not parts.hostname:

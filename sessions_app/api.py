@@ -1,0 +1,320 @@
+"""The JSON HTTP API for sessions. Thin: validate the input shape, call the store, send a shape.
+
+Every error is ``{"error": {"code", "message", "details"?}}`` with a stable ``code``:
+
+| status | code | when |
+| --- | --- | --- |
+| 400 | ``invalid_json`` / ``invalid_input`` | the body or query string does not parse or validate |
+| 401 | ``not_authenticated`` | no logged-in user |
+| 403 | ``csrf_failed`` | a write without the CSRF token of the session cookie |
+| 404 | ``session_not_found`` | no such session, or another user's (they look alike) |
+| 405 | ``method_not_allowed`` | the path exists, the method does not |
+| 409 | ``turn_in_progress`` | a message was sent while a reply is being written |
+| 413 | ``body_too_large`` | the body is over ``DATA_UPLOAD_MAX_MEMORY_SIZE`` |
+| 415 | ``unsupported_media_type`` | a body that is not ``application/json`` |
+| 503 | ``store_write_failed`` | the database refused the write; nothing was saved |
+| 503 | ``server_shutting_down`` | this server process is restarting; send again |
+
+Clients without websockets use the same events over HTTP: ``POST .../messages/`` starts a
+turn, ``GET .../events/?after=<seq>`` returns the events since a cursor (or a snapshot when
+the cursor is older than the log), ``POST .../cancel/`` stops the running turn.
+"""
+
+from __future__ import annotations
+
+import functools
+import json
+import logging
+import uuid
+from collections.abc import Callable, Coroutine
+from typing import Any
+
+from channels.db import database_sync_to_async
+from django.conf import settings
+from django.core.exceptions import RequestDataTooBig
+from django.http import HttpRequest, HttpResponse, JsonResponse
+from django.views.csrf import csrf_failure as django_csrf_failure
+from pydantic import BaseModel, ValidationError
+
+from sessions_app import events, runtime, store, turns
+from sessions_app.errors import SessionNotFound, StoreWriteError
+from sessions_app.schemas import (
+    ApiError,
+    ApiErrorBody,
+    EventsQuery,
+    MessageOut,
+    MessageSendIn,
+    SessionCreateIn,
+    SessionListQuery,
+    SessionMeta,
+    SessionOut,
+    SessionRenameIn,
+    SessionState,
+)
+from sessions_app.snapshots import snapshot_build
+
+logger = logging.getLogger(__name__)
+
+View = Callable[..., HttpResponse]
+AsyncView = Callable[..., Coroutine[Any, Any, HttpResponse]]
+
+
+class ApiInputError(Exception):
+    """The request cannot be served as sent; becomes a 4xx error body."""
+
+    def __init__(
+        self,
+        status: int,
+        code: str,
+        message: str,
+        details: list[dict[str, Any]] | None = None,
+    ) -> None:
+        super().__init__(message)
+        self.status, self.code, self.message, self.details = status, code, message, details
+
+
+def error_response(
+    status: int, code: str, message: str, details: list[dict[str, Any]] | None = None
+) -> JsonResponse:
+    body = ApiErrorBody(error=ApiError(code=code, message=message, details=details))
+    return JsonResponse(body.model_dump(mode="json", exclude_none=True), status=status)
+
+
+def _shape(model: BaseModel, status: int = 200) -> JsonResponse:
+    return JsonResponse(model.model_dump(mode="json"), status=status, safe=False)
+
+
+def _validation_details(exc: ValidationError) -> list[dict[str, Any]]:
+    return [
+        {"field": ".".join(str(part) for part in err["loc"]) or "(body)", "problem": err["msg"]}
+        for err in exc.errors(include_url=False, include_input=False)
+    ]
+
+
+def _validated[M: BaseModel](schema: type[M], data: Any, what: str) -> M:
+    try:
+        return schema.model_validate(data)
+    except ValidationError as exc:
+        details = _validation_details(exc)
+        summary = "; ".join(f"{d['field']}: {d['problem']}" for d in details)
+        raise ApiInputError(400, "invalid_input", f"Invalid {what}: {summary}", details) from None
+
+
+def _body[M: BaseModel](request: HttpRequest, schema: type[M]) -> M:
+    content_type = request.content_type or ""
+    if content_type and content_type != "application/json":
+        raise ApiInputError(
+            415, "unsupported_media_type", f"Send JSON (application/json), not {content_type}."
+        )
+    raw = request.body
+    if not raw.strip():
+        data: Any = {}
+    else:
+        try:
+            data = json.loads(raw)
+        except (UnicodeDecodeError, json.JSONDecodeError) as exc:
+            raise ApiInputError(400, "invalid_json", f"The body is not valid JSON: {exc}") from None
+    if not isinstance(data, dict):
+        raise ApiInputError(400, "invalid_input", "The body must be a JSON object.")
+    return _validated(schema, data, "body")
+
+
+def _method_not_allowed(request: HttpRequest, methods: tuple[str, ...]) -> HttpResponse | None:
+    if request.method in methods:
+        return None
+    allowed = ", ".join(methods)
+    response = error_response(
+        405, "method_not_allowed", f"{request.method} is not allowed here; use {allowed}."
+    )
+    response["Allow"] = allowed
+    return response
+
+
+def _not_authenticated() -> HttpResponse:
+    return error_response(401, "not_authenticated", "Log in to use the API.")
+
+
+def _error_for(exc: Exception) -> HttpResponse:
+    """The response for an error a view let through; re-raises anything unexpected."""
+    if isinstance(exc, ApiInputError):
+        return error_response(exc.status, exc.code, exc.message, exc.details)
+    if isinstance(exc, RequestDataTooBig):
+        limit = settings.DATA_UPLOAD_MAX_MEMORY_SIZE
+        return error_response(413, "body_too_large", f"The body is larger than {limit} bytes.")
+    if isinstance(exc, SessionNotFound):
+        return error_response(404, exc.code, str(exc))
+    if isinstance(exc, StoreWriteError):
+        return error_response(503, exc.code, str(exc))
+    raise exc
+
+
+HANDLED = (ApiInputError, RequestDataTooBig, SessionNotFound, StoreWriteError)
+
+
+def api_view(*methods: str) -> Callable[[View], View]:
+    """Login, method and error handling shared by every API endpoint."""
+
+    def decorate(view: View) -> View:
+        @functools.wraps(view)
+        def wrapper(request: HttpRequest, *args: Any, **kwargs: Any) -> HttpResponse:
+            refused = _method_not_allowed(request, methods)
+            if refused is not None:
+                return refused
+            if not request.user.is_authenticated:
+                return _not_authenticated()
+            try:
+                return view(request, *args, **kwargs)
+            except HANDLED as exc:
+                return _error_for(exc)
+
+        return wrapper
+
+    return decorate
+
+
+def _owner_id(request: HttpRequest) -> int:
+    owner_id = request.user.pk
+    assert isinstance(owner_id, int), "api_view lets only logged-in users through"
+    return owner_id
+
+
+def _session_out(meta: SessionMeta, *, with_messages: bool) -> SessionOut:
+    messages = None
+    if with_messages and isinstance(meta, SessionState):
+        messages = [MessageOut.of(m) for m in meta.messages]
+    return SessionOut(
+        id=meta.id,
+        title=meta.title,
+        created_at=meta.created_at,
+        updated_at=meta.updated_at,
+        usage=meta.usage,
+        message_count=meta.last_sequence,
+        last_event_seq=meta.last_event_seq,
+        messages=messages,
+    )
+
+
+@api_view("GET", "POST")
+def sessions_collection(request: HttpRequest) -> HttpResponse:
+    """GET: one page of the user's sessions, newest first. POST: a new session."""
+    owner_id = _owner_id(request)
+    if request.method == "POST":
+        created_in = _body(request, SessionCreateIn)
+        state = store.session_create(owner_id=owner_id, title=created_in.title)
+        return _shape(_session_out(state, with_messages=True), status=201)
+    query = _validated(SessionListQuery, request.GET.dict(), "query")
+    page = store.session_list(owner_id=owner_id, page=query.page, page_size=query.page_size)
+    return _shape(page)
+
+
+@api_view("GET", "PATCH", "DELETE")
+def session_detail(request: HttpRequest, session_id: str) -> HttpResponse:
+    """GET: the session with its messages. PATCH: rename. DELETE: delete."""
+    owner_id = _owner_id(request)
+    if request.method == "PATCH":
+        rename_in = _body(request, SessionRenameIn)
+        meta = store.session_rename(session_id=session_id, owner_id=owner_id, title=rename_in.title)
+        return _shape(_session_out(meta, with_messages=False))
+    if request.method == "DELETE":
+        store.session_delete(session_id=session_id, owner_id=owner_id)
+        return HttpResponse(status=204)
+    state = store.session_get(session_id=session_id, owner_id=owner_id)
+    return _shape(_session_out(state, with_messages=True))
+
+
+# --- events over HTTP (async: turns run on the server's event loop) ---------------------------
+
+
+def async_api_view(*methods: str) -> Callable[[AsyncView], AsyncView]:
+    """``api_view`` for async views; the view gets the user's id after the request."""
+
+    def decorate(view: AsyncView) -> AsyncView:
+        @functools.wraps(view)
+        async def wrapper(request: HttpRequest, *args: Any, **kwargs: Any) -> HttpResponse:
+            refused = _method_not_allowed(request, methods)
+            if refused is not None:
+                return refused
+            user = await request.auser()
+            if not user.is_authenticated:
+                return _not_authenticated()
+            runtime.ensure_started()
+            try:
+                return await view(request, user.pk, *args, **kwargs)
+            except HANDLED as exc:
+                return _error_for(exc)
+
+        return wrapper
+
+    return decorate
+
+
+async def _owned_session(session_id: str, owner_id: int) -> uuid.UUID:
+    return await database_sync_to_async(store.session_check_owner)(
+        session_id=session_id, owner_id=owner_id
+    )
+
+
+@async_api_view("GET")
+async def session_events(request: HttpRequest, owner_id: int, session_id: str) -> HttpResponse:
+    """The events after ``?after=<seq>``, or a snapshot (no cursor, or one the log lost)."""
+    sid = await _owned_session(session_id, owner_id)
+    query = _validated(EventsQuery, request.GET.dict(), "query")
+    missed = None if query.after is None else await events.events_since(sid, query.after)
+    if missed is None:
+        return JsonResponse({"snapshot": await snapshot_build(sid, owner_id)})
+    return JsonResponse({"events": missed})
+
+
+@async_api_view("POST")
+async def session_send(request: HttpRequest, owner_id: int, session_id: str) -> HttpResponse:
+    """Send a message: the reply's events are read from ``events/``."""
+    sid = await _owned_session(session_id, owner_id)
+    sent = _body(request, MessageSendIn)
+    if len(sent.content) > settings.CHAT_MESSAGE_MAX_CHARS:
+        raise ApiInputError(
+            400,
+            "message_too_long",
+            f"The message has {len(sent.content)} characters; the limit is "
+            f"{settings.CHAT_MESSAGE_MAX_CHARS}.",
+        )
+    try:
+        started = await turns.turn_start(
+            session_id=sid,
+            owner_id=owner_id,
+            content=sent.content,
+            client_message_id=sent.client_message_id,
+        )
+    except turns.TurnInProgress as exc:
+        return error_response(409, exc.code, str(exc))
+    except turns.ServerDraining as exc:
+        return error_response(503, exc.code, str(exc))
+    body = {
+        "message_sequence": started.message.sequence,
+        "duplicate": started.duplicate,
+        "turn_id": str(started.turn_id) if started.turn_id else None,
+    }
+    return JsonResponse(body, status=200 if started.duplicate else 202)
+
+
+@async_api_view("POST")
+async def session_cancel(request: HttpRequest, owner_id: int, session_id: str) -> HttpResponse:
+    """Stop the session's running turn, in whichever server process runs it."""
+    sid = await _owned_session(session_id, owner_id)
+    await turns.turn_cancel_anywhere(sid)
+    return JsonResponse({"cancel": "requested"}, status=202)
+
+
+def not_found(request: HttpRequest, path: str = "") -> HttpResponse:
+    return error_response(404, "not_found", f"No API endpoint at /{request.path.lstrip('/')}.")
+
+
+def csrf_failure(request: HttpRequest, reason: str = "") -> HttpResponse:
+    """A JSON 403 for API clients; Django's page for everything else."""
+    if request.path.startswith("/api/"):
+        return error_response(
+            403,
+            "csrf_failed",
+            "CSRF check failed: send the csrftoken cookie's value in an X-CSRFToken header. "
+            f"({reason})",
+        )
+    return django_csrf_failure(request, reason=reason)

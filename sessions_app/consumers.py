@@ -1,0 +1,237 @@
+"""The websocket consumer at ``/ws/sessions/<id>/``: translation between frames and services.
+
+Each socket joins its session's group and forwards the session's events in ``seq`` order,
+without gaps: when the channel layer delivers an event out of order (or not at all), the
+missing ones are read from the replay log; when the log cannot help, a snapshot is sent.
+A socket delivers nothing until the client has sent ``resume`` (its cursor, or null for a
+snapshot); any other first frame implies ``resume`` with null.
+
+Close codes: 4401 not logged in, 4404 no such session (another user's looks the same).
+Bad frames get an ``error`` frame and the socket carries on.
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+import uuid
+from typing import Any
+
+from channels.db import database_sync_to_async
+from channels.generic.websocket import AsyncWebsocketConsumer
+from django.conf import settings
+from pydantic import BaseModel, ValidationError
+
+from sessions_app import events, runtime, store, turns
+from sessions_app.errors import SessionNotFound, StoreWriteError
+from sessions_app.llm import model_info
+from sessions_app.protocol import (
+    CLIENT_FRAME_TYPES,
+    AckFrame,
+    CancelFrame,
+    ClientFrameEnvelope,
+    ErrorFrame,
+    HelloFrame,
+    PingFrame,
+    PongFrame,
+    ResumeFrame,
+    SendFrame,
+)
+from sessions_app.snapshots import snapshot_build
+
+logger = logging.getLogger(__name__)
+
+CLOSE_NOT_AUTHENTICATED = 4401
+CLOSE_NOT_FOUND = 4404
+
+
+class ChatConsumer(AsyncWebsocketConsumer):
+    session_id: uuid.UUID
+    owner_id: int
+    # The last seq sent to this socket; None until the client resumed.
+    delivered: int | None
+
+    async def connect(self) -> None:
+        runtime.ensure_started()  # also when mounted without chatproject.asgi (tests)
+        user = self.scope.get("user")
+        await self.accept()
+        if user is None or not user.is_authenticated:
+            await self.close(code=CLOSE_NOT_AUTHENTICATED)
+            return
+        self.owner_id = user.pk
+        self.delivered = None
+        try:
+            self.session_id = uuid.UUID(self.scope["url_route"]["kwargs"]["session_id"])
+            await database_sync_to_async(store.session_check_owner)(
+                session_id=self.session_id, owner_id=self.owner_id
+            )
+        except (ValueError, SessionNotFound):
+            await self.close(code=CLOSE_NOT_FOUND)
+            return
+        await self.channel_layer.group_add(events.group_name(self.session_id), self.channel_name)
+        self.groups.append(events.group_name(self.session_id))  # left again on disconnect
+        info = model_info()
+        await self.send_shape(
+            HelloFrame(
+                session_id=str(self.session_id),
+                model=info.name,
+                offline_demo=info.offline_demo,
+                max_frame_bytes=settings.CHAT_WS_MAX_FRAME_BYTES,
+                max_message_chars=settings.CHAT_MESSAGE_MAX_CHARS,
+            )
+        )
+
+    # --- client frames ------------------------------------------------------------------------
+
+    async def receive(self, text_data: str | None = None, bytes_data: bytes | None = None) -> None:
+        if not hasattr(self, "session_id"):
+            return  # refused at connect; frames racing the close are ignored
+        if text_data is None:
+            await self.send_error("unsupported_frame", "Send JSON text frames, not binary ones.")
+            return
+        size = len(text_data.encode())
+        if size > settings.CHAT_WS_MAX_FRAME_BYTES:
+            await self.send_error(
+                "frame_too_large",
+                f"The frame has {size} bytes; the limit is {settings.CHAT_WS_MAX_FRAME_BYTES}.",
+            )
+            return
+        try:
+            data = json.loads(text_data)
+        except ValueError as exc:
+            await self.send_error("bad_json", f"The frame is not valid JSON: {exc}")
+            return
+        frame = await self.validated(data)
+        if frame is None:
+            return
+        if self.delivered is None and not isinstance(frame, ResumeFrame):
+            await self.resume(None)
+        try:
+            await self.dispatch_frame(frame)
+        except SessionNotFound:
+            await self.close(code=CLOSE_NOT_FOUND)
+        except StoreWriteError as exc:
+            await self.send_error(exc.code, str(exc), retry_after=1)
+
+    async def validated(self, data: Any) -> BaseModel | None:
+        if not isinstance(data, dict):
+            await self.send_error("invalid_frame", "A frame must be a JSON object with a type.")
+            return None
+        kind = data.get("type")
+        if kind not in CLIENT_FRAME_TYPES:
+            await self.send_error(
+                "unknown_type",
+                f"Unknown frame type {str(kind)[:40]!r}; "
+                f"use one of {', '.join(CLIENT_FRAME_TYPES)}.",
+            )
+            return None
+        try:
+            return ClientFrameEnvelope.model_validate({"frame": data}).frame
+        except ValidationError as exc:
+            details = [
+                {
+                    "field": ".".join(str(p) for p in err["loc"][2:]) or "(frame)",
+                    "problem": err["msg"],
+                }
+                for err in exc.errors(include_url=False, include_input=False)
+            ]
+            summary = "; ".join(f"{d['field']}: {d['problem']}" for d in details)
+            await self.send_error(
+                "invalid_frame", f"Invalid {kind} frame: {summary}", details=details
+            )
+            return None
+
+    async def dispatch_frame(self, frame: BaseModel) -> None:
+        if isinstance(frame, SendFrame):
+            await self.on_send(frame)
+        elif isinstance(frame, CancelFrame):
+            await self.on_cancel()
+        elif isinstance(frame, ResumeFrame):
+            await self.resume(frame.last_seq)
+        elif isinstance(frame, PingFrame):
+            # Join the group again: a Redis restarted since the connect forgot the membership.
+            await self.channel_layer.group_add(
+                events.group_name(self.session_id), self.channel_name
+            )
+            head = await events.event_head(self.session_id)
+            await self.send_shape(PongFrame(id=frame.id, last_seq=head))
+
+    async def on_send(self, frame: SendFrame) -> None:
+        if len(frame.content) > settings.CHAT_MESSAGE_MAX_CHARS:
+            await self.send_error(
+                "message_too_long",
+                f"The message has {len(frame.content)} characters; the limit is "
+                f"{settings.CHAT_MESSAGE_MAX_CHARS}.",
+            )
+            return
+        try:
+            started = await turns.turn_start(
+                session_id=self.session_id,
+                owner_id=self.owner_id,
+                content=frame.content,
+                client_message_id=frame.client_message_id,
+            )
+        except (turns.TurnInProgress, turns.ServerDraining) as exc:
+            await self.send_error(exc.code, str(exc))
+            return
+        await self.send_shape(
+            AckFrame(
+                of="send",
+                client_message_id=frame.client_message_id,
+                message_sequence=started.message.sequence,
+                duplicate=started.duplicate,
+            )
+        )
+
+    async def on_cancel(self) -> None:
+        await turns.turn_cancel_anywhere(self.session_id)
+        await self.send_shape(AckFrame(of="cancel"))
+
+    # --- delivery -----------------------------------------------------------------------------
+
+    async def resume(self, last_seq: int | None) -> None:
+        """Send what the client missed after ``last_seq`` (or a snapshot), then go live."""
+        if last_seq is None:
+            await self.send_snapshot()
+            return
+        self.delivered = last_seq
+        await self.catch_up()
+
+    async def catch_up(self) -> None:
+        """Send every logged event after ``delivered``; a snapshot when the log lost some."""
+        assert self.delivered is not None
+        missed = await events.events_since(self.session_id, self.delivered)
+        if missed is None:
+            await self.send_snapshot()
+        else:
+            await self.send_events(missed)
+
+    async def send_snapshot(self) -> None:
+        snapshot = await snapshot_build(self.session_id, self.owner_id)
+        self.delivered = snapshot["seq"]
+        await self.send(text_data=json.dumps(snapshot))
+
+    async def send_events(self, batch: list[events.Event]) -> None:
+        for event in batch:
+            if self.delivered is not None and event["seq"] > self.delivered:
+                await self.send(text_data=json.dumps(event))
+                self.delivered = event["seq"]
+
+    async def session_event(self, message: dict[str, Any]) -> None:
+        """A live event of the session, from the channel layer."""
+        event = message["event"]
+        if self.delivered is None or event["seq"] <= self.delivered:
+            return
+        if event["seq"] == self.delivered + 1:
+            await self.send_events([event])
+            return
+        # A gap: the layer reordered or lost events. The log has every seq up to this one.
+        await self.catch_up()
+
+    # --- helpers ------------------------------------------------------------------------------
+
+    async def send_shape(self, shape: BaseModel) -> None:
+        await self.send(text_data=shape.model_dump_json(exclude_none=True))
+
+    async def send_error(self, code: str, message: str, **extra: Any) -> None:
+        await self.send_shape(ErrorFrame(code=code, message=message, **extra))

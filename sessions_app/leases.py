@@ -1,0 +1,76 @@
+"""Turn leases: which turn of a session runs, in which process, and whether it is alive.
+
+A turn holds its session's lease (``ChatSession.turn_*``) from start to finish and renews
+it every ``CHAT_HEARTBEAT_SECONDS``. A lease not renewed for ``CHAT_LEASE_SECONDS`` is stale:
+its process is presumed dead, the crash sweep recovers the turn, and a new turn may take it.
+Only the lease columns are written here; they are not part of the cached session.
+"""
+
+from __future__ import annotations
+
+import uuid
+from datetime import datetime, timedelta
+
+from django.conf import settings
+from django.db.models import Q
+from django.utils import timezone
+
+from sessions_app.models import ChatSession
+
+
+def _stale_before() -> datetime:
+    return timezone.now() - timedelta(seconds=settings.CHAT_LEASE_SECONDS)
+
+
+def turn_lease_acquire(*, session_id: uuid.UUID, turn_id: uuid.UUID, owner: str) -> bool:
+    """Take the session's turn lease unless a live turn holds it. Atomic (one UPDATE)."""
+    free = Q(turn_id__isnull=True) | Q(turn_heartbeat_at__lt=_stale_before())
+    taken = (
+        ChatSession.objects.filter(free, pk=session_id).update(
+            turn_id=turn_id, turn_owner=owner, turn_heartbeat_at=timezone.now()
+        )
+        == 1
+    )
+    return taken
+
+
+def turn_lease_renew(*, session_id: uuid.UUID, turn_id: uuid.UUID) -> bool:
+    """Renew the lease; ``False`` when this turn no longer holds it (swept as dead)."""
+    renewed = ChatSession.objects.filter(pk=session_id, turn_id=turn_id).update(
+        turn_heartbeat_at=timezone.now()
+    )
+    return renewed == 1
+
+
+def turn_lease_release(*, session_id: uuid.UUID, turn_id: uuid.UUID) -> None:
+    ChatSession.objects.filter(pk=session_id, turn_id=turn_id).update(
+        turn_id=None, turn_owner="", turn_heartbeat_at=None
+    )
+
+
+def turn_lease_live(*, session_id: uuid.UUID) -> uuid.UUID | None:
+    """The id of the live turn of a session, if one runs anywhere."""
+    row = (
+        ChatSession.objects.filter(pk=session_id, turn_heartbeat_at__gte=_stale_before())
+        .values_list("turn_id", flat=True)
+        .first()
+    )
+    return row
+
+
+def turn_leases_stale(*, session_id: uuid.UUID | None = None) -> list[tuple[uuid.UUID, uuid.UUID]]:
+    """``(session_id, turn_id)`` of every turn (of one session, if given) whose process
+    stopped renewing its lease."""
+    rows = ChatSession.objects.filter(turn_id__isnull=False, turn_heartbeat_at__lt=_stale_before())
+    if session_id is not None:
+        rows = rows.filter(pk=session_id)
+    pairs = rows.values_list("pk", "turn_id")
+    return [(sid, tid) for sid, tid in pairs if tid is not None]
+
+
+def turn_lease_break(*, session_id: uuid.UUID, turn_id: uuid.UUID) -> bool:
+    """Take a stale lease away from a dead turn; ``False`` if it was renewed meanwhile."""
+    broken = ChatSession.objects.filter(
+        pk=session_id, turn_id=turn_id, turn_heartbeat_at__lt=_stale_before()
+    ).update(turn_id=None, turn_owner="", turn_heartbeat_at=None)
+    return broken == 1

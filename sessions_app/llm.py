@@ -1,0 +1,287 @@
+"""The OpenAI-compatible streaming client: the official ``openai`` SDK's ``AsyncOpenAI`` only.
+
+Configured by ``OPENAI_BASE_URL``, ``OPENAI_API_KEY`` and ``CHAT_MODEL``; without a base URL
+the project's local scripted model answers. Every failure becomes ``ModelError`` with a
+stable ``code`` and a message a user can read; no message ever carries the API key.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import json
+import logging
+import weakref
+from collections.abc import AsyncIterator
+from dataclasses import dataclass, field
+from typing import Any
+
+import openai
+from django.conf import settings
+from django.core.signals import setting_changed
+from openai import AsyncOpenAI
+
+from sessions_app.schemas import Usage
+
+logger = logging.getLogger(__name__)
+
+SERVER_MESSAGE_MAX_CHARS = 300
+
+
+class ModelError(Exception):
+    """A model call failed. ``code`` is stable (the protocol's error codes)."""
+
+    def __init__(self, code: str, message: str, *, retry_after: float | None = None) -> None:
+        super().__init__(message)
+        self.code = code
+        self.message = message
+        self.retry_after = retry_after
+
+
+@dataclass(frozen=True)
+class ModelInfo:
+    """What clients may know about the model: never the key or the URL's credentials."""
+
+    name: str
+    offline_demo: bool
+
+
+def model_info() -> ModelInfo:
+    return ModelInfo(name=settings.CHAT_MODEL, offline_demo=settings.CHAT_USING_LOCAL_MODEL)
+
+
+# One client per event loop: the SDK's connection pool belongs to the loop that made it.
+_clients: weakref.WeakKeyDictionary[asyncio.AbstractEventLoop, AsyncOpenAI] = (
+    weakref.WeakKeyDictionary()
+)
+
+
+def _client() -> AsyncOpenAI:
+    loop = asyncio.get_running_loop()
+    client = _clients.get(loop)
+    if client is None:
+        client = AsyncOpenAI(
+            base_url=settings.CHAT_MODEL_BASE_URL,
+            api_key=settings.OPENAI_API_KEY,
+            timeout=float(settings.CHAT_MODEL_TIMEOUT),
+            max_retries=settings.CHAT_MODEL_MAX_RETRIES,
+        )
+        _clients[loop] = client
+    return client
+
+
+def _forget_clients(*, setting: str, **kwargs: Any) -> None:
+    if setting.startswith(("CHAT_MODEL", "OPENAI_", "LOCAL_MODEL")):
+        _clients.clear()
+
+
+setting_changed.connect(_forget_clients)
+
+
+# --- stream items ---------------------------------------------------------------------------
+
+
+@dataclass
+class TextDelta:
+    text: str
+
+
+@dataclass
+class ToolCallRequest:
+    """One complete tool call of the model's reply. ``arguments`` is the raw JSON string."""
+
+    id: str
+    name: str
+    arguments: str
+
+    def as_openai(self) -> dict[str, Any]:
+        return {
+            "id": self.id,
+            "type": "function",
+            "function": {"name": self.name, "arguments": self.arguments},
+        }
+
+
+@dataclass
+class StreamEnd:
+    """The stream finished: why, the tool calls it asked for, and its usage when reported."""
+
+    finish_reason: str
+    tool_calls: list[ToolCallRequest] = field(default_factory=list)
+    usage: Usage | None = None
+
+
+StreamItem = TextDelta | ToolCallRequest | StreamEnd
+
+
+@dataclass
+class _PartialCall:
+    id: str = ""
+    name: str = ""
+    arguments: list[str] = field(default_factory=list)
+
+
+def _server_message(exc: openai.APIStatusError) -> str:
+    body = exc.body
+    message = ""
+    if isinstance(body, dict):
+        inner = body.get("error", body)
+        if isinstance(inner, dict):
+            message = str(inner.get("message") or "")
+    message = message or str(exc.message)
+    if len(message) > SERVER_MESSAGE_MAX_CHARS:
+        message = message[:SERVER_MESSAGE_MAX_CHARS] + "…"
+    return message
+
+
+def _retry_after(exc: openai.APIStatusError) -> float | None:
+    raw = exc.response.headers.get("retry-after") if exc.response is not None else None
+    try:
+        return float(raw) if raw is not None else None
+    except ValueError:
+        return None
+
+
+def model_error_from(exc: BaseException) -> ModelError:
+    """The ``ModelError`` for an SDK (or transport) exception."""
+    model = settings.CHAT_MODEL
+    if isinstance(exc, ModelError):
+        return exc
+    if isinstance(exc, openai.APITimeoutError):
+        return ModelError(
+            "model_timeout",
+            f"The model did not answer within {settings.CHAT_MODEL_TIMEOUT} seconds.",
+        )
+    if isinstance(exc, openai.APIConnectionError):
+        return ModelError("model_unreachable", "The model server could not be reached.")
+    if isinstance(exc, openai.AuthenticationError | openai.PermissionDeniedError):
+        return ModelError(
+            "model_auth_failed",
+            "The model server refused the API key; check OPENAI_API_KEY.",
+        )
+    if isinstance(exc, openai.NotFoundError):
+        return ModelError(
+            "model_not_found",
+            f"The model server does not know the model {model!r}; check CHAT_MODEL.",
+        )
+    if isinstance(exc, openai.RateLimitError):
+        retry_after = _retry_after(exc)
+        hint = f" Try again in {retry_after:g} s." if retry_after else " Try again later."
+        return ModelError(
+            "model_rate_limited",
+            "The model server is rate limiting requests." + hint,
+            retry_after=retry_after,
+        )
+    if isinstance(exc, openai.BadRequestError | openai.UnprocessableEntityError):
+        return ModelError(
+            "model_bad_request", f"The model server rejected the request: {_server_message(exc)}"
+        )
+    if isinstance(exc, openai.APIStatusError):
+        return ModelError(
+            "model_unavailable",
+            f"The model server failed (HTTP {exc.status_code}): {_server_message(exc)}",
+        )
+    return ModelError(
+        "model_stream_dropped", "The connection to the model broke off in the middle of a reply."
+    )
+
+
+async def stream_chat(
+    *, messages: list[dict[str, Any]], tools: list[dict[str, Any]] | None = None
+) -> AsyncIterator[StreamItem]:
+    """Stream one model call: ``TextDelta``s, each finished ``ToolCallRequest``, then ``StreamEnd``.
+
+    Raises ``ModelError``; whatever was yielded before it stays valid (the partial answer).
+    """
+    kwargs: dict[str, Any] = {
+        "model": settings.CHAT_MODEL,
+        "messages": messages,
+        "stream": True,
+        "stream_options": {"include_usage": True},
+    }
+    if tools:
+        kwargs["tools"] = tools
+    calls: dict[int, _PartialCall] = {}
+    finish_reason: str | None = None
+    usage: Usage | None = None
+    started = False
+    try:
+        stream = await _client().chat.completions.create(**kwargs)
+        async for chunk in stream:
+            started = True
+            if chunk.usage is not None:
+                usage = Usage(
+                    prompt_tokens=chunk.usage.prompt_tokens or 0,
+                    completion_tokens=chunk.usage.completion_tokens or 0,
+                )
+            for choice in chunk.choices:
+                if choice.index != 0:
+                    continue
+                delta = choice.delta
+                if delta.content:
+                    yield TextDelta(delta.content)
+                for call_delta in delta.tool_calls or []:
+                    partial = calls.setdefault(call_delta.index, _PartialCall())
+                    partial.id = partial.id or (call_delta.id or "")
+                    if call_delta.function is not None:
+                        partial.name = partial.name or (call_delta.function.name or "")
+                        if call_delta.function.arguments:
+                            partial.arguments.append(call_delta.function.arguments)
+                if choice.finish_reason:
+                    finish_reason = choice.finish_reason
+    except asyncio.CancelledError:
+        raise
+    except Exception as exc:
+        error = model_error_from(exc)
+        if started and error.code in ("model_unreachable", "model_timeout"):
+            # The reply had begun: the connection broke in the middle of it.
+            error = ModelError(
+                "model_stream_dropped",
+                "The connection to the model broke off in the middle of a reply.",
+            )
+        logger.warning("model call failed: %s (%s)", error.code, type(exc).__name__)
+        raise error from exc
+    if finish_reason is None:
+        raise ModelError(
+            "model_stream_dropped",
+            "The model's reply ended before it was finished.",
+        )
+    requests = [
+        ToolCallRequest(
+            id=partial.id or f"call_{index}",
+            name=partial.name,
+            arguments="".join(partial.arguments) or "{}",
+        )
+        for index, partial in sorted(calls.items())
+    ]
+    for request in requests:
+        yield request
+    yield StreamEnd(finish_reason=finish_reason, tool_calls=requests, usage=usage)
+
+
+async def complete_text(*, messages: list[dict[str, Any]]) -> tuple[str, Usage | None]:
+    """One non-streamed completion: its text and usage. Raises ``ModelError``."""
+    try:
+        response = await _client().chat.completions.create(
+            model=settings.CHAT_MODEL,
+            messages=messages,  # type: ignore[arg-type]
+        )
+    except asyncio.CancelledError:
+        raise
+    except Exception as exc:
+        raise model_error_from(exc) from exc
+    usage = None
+    if response.usage is not None:
+        usage = Usage(
+            prompt_tokens=response.usage.prompt_tokens or 0,
+            completion_tokens=response.usage.completion_tokens or 0,
+        )
+    text = response.choices[0].message.content if response.choices else None
+    return text or "", usage
+
+
+def arguments_preview(arguments: str) -> Any:
+    """The parsed arguments when they are JSON, else the raw string (for events and the UI)."""
+    try:
+        return json.loads(arguments)
+    except ValueError:
+        return arguments

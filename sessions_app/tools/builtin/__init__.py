@@ -1,0 +1,1 @@
+"""The built-in tools, one module each; ``settings.CHAT_TOOLS`` lists them by default."""

@@ -1,0 +1,269 @@
+"""The steps of one turn: a model call streamed into an assistant message, then its tool calls.
+
+``TurnRunner`` is driven by ``sessions_app.turns``, which owns the lease, the registry of
+running turns and the outcome. Every write goes to the database before its event is
+published, so a client that reconnects finds it either way.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import time
+import uuid
+from dataclasses import dataclass, field
+from typing import Any
+
+from channels.db import database_sync_to_async
+from django.conf import settings
+
+from sessions_app import events, llm, operations, store
+from sessions_app.conversion import session_to_openai_messages
+from sessions_app.schemas import ChatMessageData, MessageOut, Usage
+from sessions_app.tools.base import ToolContext
+from sessions_app.tools.registry import (
+    tool_arguments_parse,
+    tool_execute,
+    tool_get,
+    tools_openai_schemas,
+)
+
+CANCELLED_TOOL_RESULT = "Error: the turn was stopped before this tool finished."
+
+
+def message_out(message: ChatMessageData) -> dict[str, Any]:
+    """A stored message as events and snapshots carry it."""
+    return MessageOut.of(message).model_dump(mode="json")
+
+
+@dataclass
+class Step:
+    """The assistant message being streamed, and what the step has produced so far."""
+
+    message: ChatMessageData
+    text: list[str] = field(default_factory=list)
+    length: int = 0
+    last_checkpoint: float = field(default_factory=time.monotonic)
+    tool_messages: list[ChatMessageData] = field(default_factory=list)
+
+
+class TurnRunner:
+    def __init__(
+        self, session_id: uuid.UUID, owner_id: int, turn_id: uuid.UUID, notice: str | None
+    ) -> None:
+        self.sid = session_id
+        self.owner_id = owner_id
+        self.turn_id = turn_id
+        # A note for the model on the first call only (a finished background operation).
+        self.notice = notice
+        self.usage = Usage()
+        self.step: Step | None = None
+        self.last_seq: int | None = None
+        # Tool messages that belong to operations: they stay pending when the turn ends.
+        self.operation_messages: set[int | None] = set()
+
+    async def publish(self, event_type: str, **fields: Any) -> None:
+        event = await events.event_publish(
+            self.sid, event_type, turn_id=str(self.turn_id), **fields
+        )
+        if event is not None:
+            self.last_seq = event["seq"]
+
+    async def update(self, message: ChatMessageData, **changes: Any) -> ChatMessageData:
+        assert message.sequence is not None
+        return await database_sync_to_async(store.message_update)(
+            session_id=self.sid, sequence=message.sequence, changes=changes
+        )
+
+    async def run(self) -> str:
+        """Model calls and tool rounds until the model answers or the step limit is hit."""
+        tools = tools_openai_schemas()
+        for _ in range(settings.CHAT_TURN_MAX_STEPS):
+            calls = await self.stream_step(tools)
+            if not calls:
+                return "completed"
+            await self.run_tools(calls)
+        await self.publish(
+            "error",
+            code="step_limit",
+            message=(
+                f"The model asked for tools {settings.CHAT_TURN_MAX_STEPS} times in a row; "
+                "the turn was stopped. Send another message to continue."
+            ),
+        )
+        return "step_limit"
+
+    async def model_messages(self) -> list[dict[str, Any]]:
+        state = await database_sync_to_async(store.session_get)(session_id=self.sid)
+        history = session_to_openai_messages(state)
+        if not history or history[0]["role"] not in ("system", "developer"):
+            history.insert(0, {"role": "system", "content": settings.CHAT_SYSTEM_PROMPT})
+        if self.notice:
+            history.append({"role": "developer", "content": self.notice})
+            self.notice = None
+        return history
+
+    async def stream_step(self, tools: list[dict[str, Any]]) -> list[llm.ToolCallRequest]:
+        messages = await self.model_messages()
+        [placeholder] = await database_sync_to_async(store.messages_append)(
+            session_id=self.sid,
+            messages=[ChatMessageData(role="assistant", content="", status="streaming")],
+        )
+        self.step = step = Step(message=placeholder)
+        await self.publish("message_created", message=message_out(placeholder))
+        end: llm.StreamEnd | None = None
+        async for item in llm.stream_chat(messages=messages, tools=tools or None):
+            if isinstance(item, llm.TextDelta):
+                await self.publish(
+                    "text_delta",
+                    message_sequence=placeholder.sequence,
+                    offset=step.length,
+                    text=item.text,
+                )
+                step.text.append(item.text)
+                step.length += len(item.text)
+                await self.checkpoint_if_due(step)
+            elif isinstance(item, llm.ToolCallRequest):
+                await self.publish(
+                    "tool_call", message_sequence=placeholder.sequence, tool_call=item.as_openai()
+                )
+            else:
+                end = item
+        assert end is not None
+        if end.usage is not None:
+            await self.record_usage(end.usage)
+        calls = end.tool_calls
+        text = "".join(step.text)
+        step.message = await self.update(
+            step.message,
+            content=(text or None) if calls else text,
+            tool_calls=[c.as_openai() for c in calls] or None,
+            status="complete",
+        )
+        await self.publish("message_updated", message=message_out(step.message))
+        return calls
+
+    async def checkpoint_if_due(self, step: Step) -> None:
+        now = time.monotonic()
+        if now - step.last_checkpoint < settings.CHAT_CHECKPOINT_SECONDS:
+            return
+        step.last_checkpoint = now
+        step.message = await self.update(step.message, content="".join(step.text))
+
+    async def record_usage(self, usage: Usage) -> None:
+        totals = await database_sync_to_async(store.usage_record)(
+            session_id=self.sid, usage=usage, model=settings.CHAT_MODEL
+        )
+        self.usage = Usage(
+            prompt_tokens=self.usage.prompt_tokens + usage.prompt_tokens,
+            completion_tokens=self.usage.completion_tokens + usage.completion_tokens,
+        )
+        await self.publish(
+            "usage",
+            usage=usage.model_dump(),
+            turn_usage=self.usage.model_dump(),
+            session_usage=totals.model_dump(),
+        )
+
+    async def run_tools(self, calls: list[llm.ToolCallRequest]) -> None:
+        """Run the step's tool calls in parallel; long-running ones become operations."""
+        pending = await database_sync_to_async(store.messages_append)(
+            session_id=self.sid,
+            messages=[
+                ChatMessageData(role="tool", name=c.name, tool_call_id=c.id, status="pending")
+                for c in calls
+            ],
+        )
+        assert self.step is not None
+        self.step.tool_messages = pending
+        for message in pending:
+            await self.publish("message_created", message=message_out(message))
+        await asyncio.gather(*(self.run_tool(c, m) for c, m in zip(calls, pending, strict=True)))
+
+    async def run_tool(self, call: llm.ToolCallRequest, message: ChatMessageData) -> None:
+        tool = tool_get(call.name)
+        if tool is not None and tool.is_long_running:
+            try:
+                arguments = tool_arguments_parse(tool, call.arguments).model_dump(mode="json")
+            except ValueError:
+                pass  # tool_execute below reports the bad arguments to the model
+            else:
+                await self.start_operation(call, message, arguments)
+                return
+
+        async def progress(fraction: float | None, text: str) -> None:
+            await self.publish(
+                "tool_progress",
+                message_sequence=message.sequence,
+                tool_call_id=call.id,
+                fraction=fraction,
+                text=text,
+            )
+
+        async def complete(messages: list[dict[str, Any]]) -> str:
+            text, usage = await llm.complete_text(messages=messages)
+            if usage is not None:
+                await self.record_usage(usage)
+            return text
+
+        context = ToolContext(
+            session_id=self.sid,
+            owner_id=self.owner_id,
+            tool_call_id=call.id,
+            progress=progress,
+            complete=complete,
+        )
+        outcome = await tool_execute(name=call.name, raw_arguments=call.arguments, context=context)
+        done = await self.update(
+            message, content=outcome.content, status="complete" if outcome.ok else "failed"
+        )
+        self.replace_tool_message(done)
+        await self.publish("tool_result", message=message_out(done))
+
+    async def start_operation(
+        self, call: llm.ToolCallRequest, message: ChatMessageData, arguments: Any
+    ) -> None:
+        op, created, stored = await database_sync_to_async(operations.operation_create)(
+            session_id=self.sid,
+            message=message,
+            tool_name=call.name,
+            tool_call_id=call.id,
+            arguments=arguments,
+        )
+        self.replace_tool_message(stored)
+        self.operation_messages.add(stored.sequence)
+        if created:
+            await self.publish(
+                "operation_started",
+                operation=operations.operation_out(op),
+                message=message_out(stored),
+                notice="This runs in the background: you can close this tab and come back.",
+            )
+        else:
+            # The same work already runs: point at it instead of starting it twice.
+            await self.publish(
+                "tool_result" if stored.status == "complete" else "message_updated",
+                message=message_out(stored),
+            )
+            await self.publish("operation_in_progress", operation=operations.operation_out(op))
+
+    def replace_tool_message(self, done: ChatMessageData) -> None:
+        assert self.step is not None
+        self.step.tool_messages = [
+            done if m.sequence == done.sequence else m for m in self.step.tool_messages
+        ]
+
+    async def close_step(self, status: str) -> None:
+        """Keep what a broken or stopped step produced, marked with ``status``."""
+        step = self.step
+        if step is None:
+            return
+        if step.message.status == "streaming":
+            text = "".join(step.text)
+            step.message = await self.update(step.message, content=text, status=status)
+            await self.publish("message_updated", message=message_out(step.message))
+        for message in step.tool_messages:
+            if message.status == "pending" and message.sequence not in self.operation_messages:
+                done = await self.update(
+                    message, content=CANCELLED_TOOL_RESULT, status="interrupted"
+                )
+                await self.publish("tool_result", message=message_out(done))

@@ -1,0 +1,396 @@
+"""Turns: start, continue, cancel, and recover them. One turn = a user message (or a finished
+background operation) answered by the model, with as many tool rounds as it needs.
+
+A turn runs as an ``asyncio`` task owned by the server process, never by a socket: closing
+the socket that started it does not stop it; only ``cancel`` does (or a shutdown). It holds
+its session's turn lease (``sessions_app.leases``) while it runs, so at most one turn runs
+per session across all processes, and listens on the session's control group, so a
+``cancel`` sent to any process reaches it. The steps themselves are in ``turn_steps``.
+
+Double-send policy: one turn per session at a time. A ``send`` while one runs is refused
+with ``turn_in_progress``; a retried ``send`` with the same client message id is
+acknowledged as a duplicate and starts nothing.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import contextvars
+import logging
+import uuid
+from dataclasses import dataclass
+from typing import Any
+
+from channels.db import database_sync_to_async
+from channels.layers import get_channel_layer
+from django.conf import settings
+
+from sessions_app import events, leases, llm, runtime, store
+from sessions_app.errors import SessionNotFound
+from sessions_app.schemas import ChatMessageData
+from sessions_app.turn_steps import TurnRunner, message_out
+
+logger = logging.getLogger(__name__)
+
+__all__ = ["TurnInProgress", "TurnStart", "message_out", "turn_cancel", "turn_start"]
+
+TITLE_PROMPT = (
+    "Write a short title (at most six words) for a conversation that starts with the "
+    "user's message below. Reply with the title only, without quotes."
+)
+# How long a finished operation waits for a running turn before its follow-up turn.
+CONTINUE_WAIT_SECONDS = 600.0
+INTERRUPTED_TOOL_RESULT = "Error: the server running this turn stopped before the tool finished."
+
+
+class TurnInProgress(Exception):
+    code = "turn_in_progress"
+
+    def __init__(self) -> None:
+        super().__init__("A reply is still being written in this session; wait or cancel it.")
+
+
+class ServerDraining(Exception):
+    code = "server_shutting_down"
+
+    def __init__(self) -> None:
+        super().__init__("This server is restarting; reconnect and send again in a moment.")
+
+
+@dataclass(frozen=True)
+class TurnStart:
+    """What ``turn_start`` did: started a turn, or recognised a retried send."""
+
+    message: ChatMessageData
+    duplicate: bool
+    turn_id: uuid.UUID | None
+
+
+@dataclass
+class _Turn:
+    session_id: uuid.UUID
+    owner_id: int
+    turn_id: uuid.UUID
+    notice: str | None = None
+    task: asyncio.Task[None] | None = None
+    stop_reason: str = "cancelled"
+
+
+# The turns this process runs, by session. Strong references: the loop keeps only weak ones.
+_running: dict[uuid.UUID, _Turn] = {}
+# Background work that must outlive its caller (title generation).
+_background: set[asyncio.Task[Any]] = set()
+
+
+def control_group(session_id: uuid.UUID) -> str:
+    return f"chat-control.{session_id}"
+
+
+def turn_running(session_id: uuid.UUID) -> bool:
+    """Whether this process runs a turn of the session."""
+    return session_id in _running
+
+
+async def _acquire(session_id: uuid.UUID, turn_id: uuid.UUID) -> bool:
+    return bool(
+        await database_sync_to_async(leases.turn_lease_acquire)(
+            session_id=session_id, turn_id=turn_id, owner=runtime.process_id()
+        )
+    )
+
+
+async def turn_start(
+    *, session_id: uuid.UUID, owner_id: int, content: str, client_message_id: str
+) -> TurnStart:
+    """Store the user's message (once per client message id) and start the turn.
+
+    Raises ``TurnInProgress``, ``ServerDraining`` and ``SessionNotFound``;
+    ``StoreWriteError`` when the message could not be saved (then nothing started).
+    """
+    if runtime.draining():
+        raise ServerDraining()
+    turn = _Turn(session_id=session_id, owner_id=owner_id, turn_id=uuid.uuid4())
+    if session_id not in _running:
+        await _recover_stale_turn(session_id)
+    if session_id in _running or not await _acquire(session_id, turn.turn_id):
+        # A retried send of the message that started the running turn is not an error.
+        existing = await _existing_message(session_id, owner_id, client_message_id)
+        if existing is not None:
+            return TurnStart(message=existing, duplicate=True, turn_id=None)
+        raise TurnInProgress()
+    try:
+        message, created = await database_sync_to_async(store.message_append_once)(
+            session_id=session_id,
+            owner_id=owner_id,
+            message=ChatMessageData(
+                role="user", content=content, client_message_id=client_message_id
+            ),
+        )
+    except BaseException:
+        await _release(turn)
+        raise
+    if not created:
+        await _release(turn)
+        return TurnStart(message=message, duplicate=True, turn_id=None)
+    first = await events.event_publish(
+        session_id, "message_created", message=message_out(message), turn_id=str(turn.turn_id)
+    )
+    await events.event_floor_save(session_id, first["seq"] if first else None)
+    _launch(turn)
+    return TurnStart(message=message, duplicate=False, turn_id=turn.turn_id)
+
+
+async def turn_continue(*, session_id: uuid.UUID, owner_id: int, notice: str) -> bool:
+    """Let the model continue a session without a user message (a background result came).
+
+    Waits (up to ``CONTINUE_WAIT_SECONDS``) while another turn runs; returns whether the
+    follow-up turn ran.
+    """
+    turn = _Turn(session_id=session_id, owner_id=owner_id, turn_id=uuid.uuid4(), notice=notice)
+    # A turn running now may have made its last model call already: wait for it to end,
+    # then tell the model (a redundant notice costs a short reply; a lost one, the result).
+    loop = asyncio.get_running_loop()
+    give_up = loop.time() + CONTINUE_WAIT_SECONDS
+    while session_id in _running or not await _acquire(session_id, turn.turn_id):
+        if runtime.draining() or loop.time() > give_up:
+            logger.warning("no follow-up turn for session %s: it stayed busy", session_id)
+            return False
+        await asyncio.sleep(settings.CHAT_HEARTBEAT_SECONDS)
+    _launch(turn)
+    task = turn.task
+    assert task is not None
+    await asyncio.wait([task])
+    return True
+
+
+def _launch(turn: _Turn) -> None:
+    _running[turn.session_id] = turn
+    turn.task = _detached(_run(turn), f"turn {turn.turn_id} of session {turn.session_id}")
+
+
+def _detached(coro: Any, name: str) -> asyncio.Task[Any]:
+    """A task that owes nothing to the request or socket that started it: a fresh context,
+    so it does not inherit (and outlive) a request's thread-sensitive executor."""
+    return asyncio.get_running_loop().create_task(coro, name=name, context=contextvars.Context())
+
+
+async def _release(turn: _Turn) -> None:
+    await database_sync_to_async(leases.turn_lease_release)(
+        session_id=turn.session_id, turn_id=turn.turn_id
+    )
+
+
+async def _existing_message(
+    session_id: uuid.UUID, owner_id: int, client_message_id: str
+) -> ChatMessageData | None:
+    message: ChatMessageData | None = await database_sync_to_async(store.message_by_client_id)(
+        session_id=session_id, owner_id=owner_id, client_message_id=client_message_id
+    )
+    return message
+
+
+def turn_cancel(session_id: uuid.UUID, reason: str = "cancelled") -> bool:
+    """Stop the session's turn if this process runs it. Returns whether one was stopped."""
+    turn = _running.get(session_id)
+    if turn is None or turn.task is None or turn.task.done():
+        return False
+    turn.stop_reason = reason
+    turn.task.cancel()
+    return True
+
+
+async def turn_cancel_anywhere(session_id: uuid.UUID) -> None:
+    """Stop the session's turn in whichever process runs it."""
+    if turn_cancel(session_id):
+        return
+    layer = get_channel_layer()
+    if layer is not None:
+        await layer.group_send(control_group(session_id), {"type": "turn.cancel"})
+
+
+async def turn_wait(session_id: uuid.UUID) -> None:
+    """Wait until this process runs no turn of the session (tests, shutdown)."""
+    turn = _running.get(session_id)
+    if turn is not None and turn.task is not None:
+        await asyncio.wait([turn.task])
+
+
+async def turns_interrupt_all() -> None:
+    """Shutdown: stop every turn of this process, keeping their text, and wait for them."""
+    tasks = []
+    for session_id, turn in list(_running.items()):
+        if turn_cancel(session_id, reason="interrupted") and turn.task is not None:
+            tasks.append(turn.task)
+    if tasks:
+        await asyncio.wait(tasks)
+
+
+# --- running ---------------------------------------------------------------------------------
+
+
+async def _keep_lease(turn: _Turn) -> None:
+    """Renew the lease; stop the turn if it was taken away (this process was presumed dead)."""
+    while True:
+        await asyncio.sleep(settings.CHAT_HEARTBEAT_SECONDS)
+        try:
+            renewed = await database_sync_to_async(leases.turn_lease_renew)(
+                session_id=turn.session_id, turn_id=turn.turn_id
+            )
+        except Exception:
+            # One failed renewal is not a lost lease: try again at the next beat.
+            logger.warning("could not renew the lease of turn %s", turn.turn_id, exc_info=True)
+            continue
+        if not renewed:
+            logger.warning("turn %s lost its lease; stopping it", turn.turn_id)
+            turn_cancel(turn.session_id, reason="interrupted")
+            return
+
+
+async def _listen_for_cancel(turn: _Turn) -> None:
+    """Hear ``cancel`` sent to the session from any process."""
+    layer = get_channel_layer()
+    if layer is None:
+        return
+    channel = await layer.new_channel()
+    group = control_group(turn.session_id)
+    await layer.group_add(group, channel)
+    try:
+        while True:
+            message = await layer.receive(channel)
+            if message.get("type") == "turn.cancel":
+                turn_cancel(turn.session_id)
+    finally:
+        with contextlib.suppress(Exception):
+            await asyncio.shield(layer.group_discard(group, channel))
+
+
+async def _run(turn: _Turn) -> None:
+    runner = TurnRunner(turn.session_id, turn.owner_id, turn.turn_id, turn.notice)
+    helpers = [
+        asyncio.ensure_future(_keep_lease(turn)),
+        asyncio.ensure_future(_listen_for_cancel(turn)),
+    ]
+    status = "failed"
+    try:
+        await runner.publish("turn_started")
+        status = await runner.run()
+    except asyncio.CancelledError:
+        status = turn.stop_reason
+        await runner.close_step("interrupted")
+    except llm.ModelError as exc:
+        await runner.close_step("failed")
+        fields: dict[str, Any] = {"code": exc.code, "message": exc.message}
+        if exc.retry_after is not None:
+            fields["retry_after"] = exc.retry_after
+        await runner.publish("error", **fields)
+    except SessionNotFound:
+        logger.info("session %s was deleted during turn %s", turn.session_id, turn.turn_id)
+        status = "session_deleted"
+    except Exception:
+        logger.exception("turn %s of session %s failed", turn.turn_id, turn.session_id)
+        try:
+            await runner.close_step("failed")
+        finally:
+            await runner.publish(
+                "error", code="internal_error", message="The server failed to finish the reply."
+            )
+    finally:
+        for helper in helpers:
+            helper.cancel()
+        try:
+            await runner.publish(
+                "turn_finished", status=status, turn_usage=runner.usage.model_dump()
+            )
+            await events.event_floor_save(turn.session_id, runner.last_seq)
+            await _release(turn)
+        finally:
+            if _running.get(turn.session_id) is turn:
+                del _running[turn.session_id]
+    if status == "completed":
+        _spawn(_make_title(turn.session_id))
+
+
+def _spawn(coro: Any) -> None:
+    task = _detached(coro, "title")
+    _background.add(task)
+    task.add_done_callback(_background.discard)
+
+
+async def background_wait() -> None:
+    """Wait for background work such as title generation (tests, shutdown)."""
+    while _background:
+        await asyncio.wait(list(_background))
+
+
+async def _make_title(session_id: uuid.UUID) -> None:
+    """Give a session whose first exchange just finished a title (unless it has one)."""
+    try:
+        state = await database_sync_to_async(store.session_get)(session_id=session_id)
+        users = [m for m in state.messages if m.role == "user"]
+        if state.title or len(users) != 1:
+            return
+        text, _usage = await llm.complete_text(
+            messages=[
+                {"role": "system", "content": TITLE_PROMPT},
+                {"role": "user", "content": users[0].content or ""},
+            ]
+        )
+        title = " ".join(text.strip().strip("\"'").split())[: settings.CHAT_TITLE_MAX_LENGTH]
+        if not title:
+            return
+        meta = await database_sync_to_async(store.session_title_set_if_empty)(
+            session_id=session_id, title=title
+        )
+        if meta is not None:
+            await events.event_publish(session_id, "title_updated", title=meta.title)
+    except SessionNotFound:
+        return
+    except Exception:
+        logger.warning("could not make a title for session %s", session_id, exc_info=True)
+
+
+# --- crash recovery --------------------------------------------------------------------------
+
+
+async def _recover(session_id: uuid.UUID, turn_id: uuid.UUID) -> bool:
+    """Finish what a dead turn left: take its lease away first (so a turn that renewed it
+    meanwhile is left alone), then keep its text, marked interrupted."""
+    if not await database_sync_to_async(leases.turn_lease_break)(
+        session_id=session_id, turn_id=turn_id
+    ):
+        return False
+    changed = await database_sync_to_async(store.messages_interrupt_unfinished)(
+        session_id=session_id, tool_content=INTERRUPTED_TOOL_RESULT
+    )
+    logger.warning("turn %s of session %s was stale: interrupted", turn_id, session_id)
+    for message in changed:
+        kind = "tool_result" if message.role == "tool" else "message_updated"
+        await events.event_publish(
+            session_id, kind, message=message_out(message), turn_id=str(turn_id)
+        )
+    await events.event_publish(
+        session_id,
+        "turn_finished",
+        status="interrupted",
+        turn_id=str(turn_id),
+        turn_usage={"prompt_tokens": 0, "completion_tokens": 0, "total_tokens": 0},
+    )
+    return True
+
+
+async def turns_sweep() -> None:
+    """Recover turns whose process died: their streaming text is kept, marked interrupted."""
+    stale = await database_sync_to_async(leases.turn_leases_stale)()
+    for session_id, turn_id in stale:
+        if session_id in _running:
+            continue  # ours and alive (this process was only slow to renew)
+        await _recover(session_id, turn_id)
+
+
+async def _recover_stale_turn(session_id: uuid.UUID) -> None:
+    """Before a new turn takes a stale lease, finish the dead turn that held it."""
+    stale = await database_sync_to_async(leases.turn_leases_stale)(session_id=session_id)
+    for sid, turn_id in stale:
+        if sid not in _running:
+            await _recover(sid, turn_id)

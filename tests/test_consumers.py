@@ -1,0 +1,395 @@
+"""sessions_app.consumers with WebsocketCommunicator, against the local model over real HTTP."""
+
+from __future__ import annotations
+
+import asyncio
+import json
+import uuid
+from typing import Any
+
+import pytest
+from channels.db import database_sync_to_async
+from channels.testing import WebsocketCommunicator
+
+from sessions_app import store, turns
+from tests.chat_fixtures import FRAME_TIMEOUT, ROUTER, Socket, db_messages, open_socket
+from tests.wsclient import send_frame
+
+pytestmark = [
+    pytest.mark.django_db(transaction=True),
+    pytest.mark.asyncio,
+    pytest.mark.usefixtures("chat_runtime"),
+]
+
+
+async def finish_turn(socket: Socket) -> list[dict[str, Any]]:
+    return await socket.until_type("turn_finished")
+
+
+# --- replies ----------------------------------------------------------------------------------
+
+
+async def test_streamed_reply_is_stored_and_seq_has_no_gaps(
+    owner: Any, session_id: uuid.UUID
+) -> None:
+    socket = await open_socket(owner, session_id)
+    await socket.send(send_frame("hello there", "c-1"))
+    frames = await finish_turn(socket)
+    kinds = [f["type"] for f in frames]
+    assert kinds[0] == "ack" and frames[0]["client_message_id"] == "c-1"
+    assert kinds.count("text_delta") > 3
+    assert {"message_created", "turn_started", "message_updated", "usage"} <= set(kinds)
+    assert frames[-1]["status"] == "completed"
+    assert socket.view.gaps == []
+    stored = await db_messages(session_id)
+    assert socket.view.contents() == stored
+    assert [(role, status) for _, role, _, status in stored] == [
+        ("user", "complete"),
+        ("assistant", "complete"),
+    ]
+    assert "hello there" in (stored[1][2] or "")
+    usage = next(f for f in frames if f["type"] == "usage")
+    assert usage["session_usage"]["total_tokens"] > 0
+    title = await socket.until_type("title_updated")
+    assert title[-1]["title"] == "hello there"
+    await socket.close()
+
+
+async def test_tool_round_trip(owner: Any, session_id: uuid.UUID) -> None:
+    socket = await open_socket(owner, session_id)
+    await socket.send(send_frame('/tool calculator {"expression": "6*7"}'))
+    frames = await finish_turn(socket)
+    calls = [f for f in frames if f["type"] == "tool_call"]
+    assert [c["tool_call"]["function"]["name"] for c in calls] == ["calculator"]
+    results = [f for f in frames if f["type"] == "tool_result"]
+    assert [r["message"]["content"] for r in results] == ["6*7 = 42"]
+    stored = await db_messages(session_id)
+    assert [(role, status) for _, role, _, status in stored] == [
+        ("user", "complete"),
+        ("assistant", "complete"),
+        ("tool", "complete"),
+        ("assistant", "complete"),
+    ]
+    assert "42" in (stored[3][2] or "")
+    assert socket.view.contents() == stored
+    await socket.close()
+
+
+async def test_parallel_tool_calls_run_together(owner: Any, session_id: uuid.UUID) -> None:
+    socket = await open_socket(owner, session_id)
+    content = '/tool calculator {"expression": "1+1"}\n/tool current_time {"timezone": "UTC"}'
+    await socket.send(send_frame(content))
+    frames = await finish_turn(socket)
+    results = {f["message"]["name"]: f["message"] for f in frames if f["type"] == "tool_result"}
+    assert set(results) == {"calculator", "current_time"}
+    assert results["calculator"]["content"] == "1+1 = 2"
+    final = (await db_messages(session_id))[-1]
+    assert final[1] == "assistant" and "calculator" in (final[2] or "")
+    assert "current_time" in (final[2] or "")
+
+
+async def test_bad_tool_arguments_reach_the_model_as_an_error(
+    owner: Any, session_id: uuid.UUID
+) -> None:
+    socket = await open_socket(owner, session_id)
+    await socket.send(send_frame("/tool calculator {not json"))
+    frames = await finish_turn(socket)
+    [result] = [f for f in frames if f["type"] == "tool_result"]
+    assert result["message"]["status"] == "failed"
+    assert result["message"]["content"].startswith("Error")
+    assert frames[-1]["status"] == "completed"
+
+
+async def test_step_limit_stops_a_tool_loop(
+    owner: Any, session_id: uuid.UUID, settings: Any
+) -> None:
+    settings.CHAT_TURN_MAX_STEPS = 3
+    socket = await open_socket(owner, session_id)
+    await socket.send(send_frame('/loop calculator {"expression": "1"}'))
+    frames = await finish_turn(socket)
+    assert [f["code"] for f in frames if f["type"] == "error"] == ["step_limit"]
+    assert frames[-1]["status"] == "step_limit"
+    assert len([f for f in frames if f["type"] == "tool_result"]) == 3
+
+
+# --- cancel and closing the socket ----------------------------------------------------------
+
+
+async def test_cancel_mid_stream_keeps_the_partial_answer(
+    owner: Any, session_id: uuid.UUID
+) -> None:
+    socket = await open_socket(owner, session_id)
+    await socket.send(send_frame("/words 5000"))
+    deltas = 0
+    while deltas < 5:
+        deltas += (await socket.next())["type"] == "text_delta"
+    await socket.send({"type": "cancel"})
+    frames = await finish_turn(socket)
+    assert frames[-1]["status"] == "cancelled"
+    assert any(f["type"] == "ack" and f["of"] == "cancel" for f in frames)
+    stored = await db_messages(session_id)
+    assistant = stored[1]
+    assert assistant[1:] == ("assistant", assistant[2], "interrupted")
+    assert assistant[2] and len(assistant[2].split()) < 5000
+    assert socket.view.contents() == stored
+
+
+async def test_closing_the_socket_does_not_stop_the_turn(owner: Any, session_id: uuid.UUID) -> None:
+    socket = await open_socket(owner, session_id)
+    await socket.send(send_frame("/words 60"))
+    await socket.until_type("text_delta")
+    await socket.close()
+    await turns.turn_wait(session_id)
+    stored = await db_messages(session_id)
+    assert stored[1][1:] == ("assistant", stored[1][2], "complete")
+    assert len((stored[1][2] or "").split()) == 60
+    # A new socket with the old cursor gets exactly the rest.
+    again = await open_socket(owner, session_id, resume=False)
+    again.view = socket.view
+    await again.send({"type": "resume", "last_seq": socket.view.last_seq})
+    await again.until_type("turn_finished")
+    assert again.view.gaps == []
+    assert again.view.contents() == stored
+
+
+# --- model errors -----------------------------------------------------------------------------
+
+
+@pytest.mark.parametrize(
+    ("command", "code"),
+    [
+        ("/error rate_limit", "model_rate_limited"),
+        ("/error server", "model_unavailable"),
+        ("/error bad_request", "model_bad_request"),
+        ("/error timeout", "model_timeout"),
+        ("/error drop", "model_stream_dropped"),
+    ],
+)
+async def test_model_errors_become_error_events(
+    owner: Any, session_id: uuid.UUID, settings: Any, command: str, code: str
+) -> None:
+    settings.CHAT_MODEL_TIMEOUT = 1
+    socket = await open_socket(owner, session_id)
+    await socket.send(send_frame(command))
+    frames = await finish_turn(socket)
+    errors = [f for f in frames if f["type"] == "error"]
+    assert [e["code"] for e in errors] == [code]
+    assert errors[0]["message"] and "seq" in errors[0]
+    assert frames[-1]["status"] == "failed"
+    stored = await db_messages(session_id)
+    assert stored[1][1] == "assistant" and stored[1][3] == "failed"
+    assert socket.view.contents() == stored
+
+
+async def test_unknown_model_and_bad_key(owner: Any, session_id: uuid.UUID, settings: Any) -> None:
+    settings.CHAT_MODEL = "no-such-model"
+    socket = await open_socket(owner, session_id)
+    await socket.send(send_frame("hi"))
+    frames = await finish_turn(socket)
+    assert [f["code"] for f in frames if f["type"] == "error"] == ["model_not_found"]
+    assert "no-such-model" in next(f for f in frames if f["type"] == "error")["message"]
+
+
+# --- idempotency and double sends -------------------------------------------------------------
+
+
+async def test_retried_send_is_stored_once(owner: Any, session_id: uuid.UUID) -> None:
+    socket = await open_socket(owner, session_id)
+    await socket.send(send_frame("/words 30", "same-id"))
+    await socket.until(lambda f: f["type"] == "ack")
+    await socket.send(send_frame("/words 30", "same-id"))
+    ack = await socket.until(lambda f: f["type"] == "ack")
+    assert ack[-1]["duplicate"] is True and ack[-1]["message_sequence"] == 1
+    await finish_turn(socket)
+    await socket.send(send_frame("/words 30", "same-id"))
+    ack = await socket.until(lambda f: f["type"] == "ack")
+    assert ack[-1]["duplicate"] is True
+    assert [r for _, r, _, _ in await db_messages(session_id)] == ["user", "assistant"]
+
+
+async def test_send_during_a_turn_is_refused(owner: Any, session_id: uuid.UUID) -> None:
+    socket = await open_socket(owner, session_id)
+    await socket.send(send_frame("/words 200"))
+    await socket.until_type("text_delta")
+    await socket.send(send_frame("another"))
+    error = await socket.until(lambda f: f["type"] == "error" and "seq" not in f)
+    assert error[-1]["code"] == "turn_in_progress"
+    await finish_turn(socket)
+    assert [r for _, r, _, _ in await db_messages(session_id)] == ["user", "assistant"]
+
+
+# --- bad frames -------------------------------------------------------------------------------
+
+
+@pytest.mark.parametrize(
+    ("raw", "code"),
+    [
+        ("{nope", "bad_json"),
+        ("[1, 2]", "invalid_frame"),
+        ('{"type": "dance"}', "unknown_type"),
+        ('{"content": "no type"}', "unknown_type"),
+        ('{"type": "send", "content": "x"}', "invalid_frame"),
+        ('{"type": "send", "content": "", "client_message_id": "a"}', "invalid_frame"),
+        ('{"type": "send", "content": 5, "client_message_id": "a"}', "invalid_frame"),
+        ('{"type": "send", "content": "x", "client_message_id": "a b"}', "invalid_frame"),
+        ('{"type": "resume", "last_seq": -1}', "invalid_frame"),
+        ('{"type": "resume"}', "invalid_frame"),
+        ('{"type": "ping", "extra": 1}', "invalid_frame"),
+    ],
+)
+async def test_bad_frames_get_error_frames_and_the_socket_carries_on(
+    owner: Any, session_id: uuid.UUID, raw: str, code: str
+) -> None:
+    socket = await open_socket(owner, session_id)
+    other = await open_socket(owner, session_id)
+    await socket.send(raw)
+    error = await socket.next()
+    assert error["type"] == "error" and error["code"] == code and error["message"]
+    await socket.send({"type": "ping", "id": "p"})
+    assert (await socket.next())["type"] == "pong"
+    await other.send({"type": "ping"})
+    assert (await other.next())["type"] == "pong"
+    assert await db_messages(session_id) == []
+
+
+async def test_oversized_and_binary_frames(
+    owner: Any, session_id: uuid.UUID, settings: Any
+) -> None:
+    settings.CHAT_WS_MAX_FRAME_BYTES = 2048
+    settings.CHAT_MESSAGE_MAX_CHARS = 100
+    socket = await open_socket(owner, session_id)
+    await socket.send(send_frame("x" * 5000))
+    assert (await socket.next())["code"] == "frame_too_large"
+    await socket.send(send_frame("x" * 101))
+    assert (await socket.next())["code"] == "message_too_long"
+    await socket.communicator.send_to(bytes_data=b"\x00\x01")
+    assert (await socket.next())["code"] == "unsupported_frame"
+    await socket.send({"type": "ping"})
+    assert (await socket.next())["type"] == "pong"
+    assert await db_messages(session_id) == []
+
+
+# --- who may connect --------------------------------------------------------------------------
+
+
+async def close_code(user: Any, path: str) -> int:
+    communicator = WebsocketCommunicator(ROUTER, path)
+    communicator.scope["user"] = user
+    connected, _ = await communicator.connect(timeout=FRAME_TIMEOUT)
+    assert connected  # accepted, then closed with a code that says why
+    output = await communicator.receive_output(timeout=FRAME_TIMEOUT)
+    assert output["type"] == "websocket.close"
+    return int(output["code"])
+
+
+async def test_anonymous_socket_is_closed_4401(session_id: uuid.UUID) -> None:
+    from django.contrib.auth.models import AnonymousUser
+
+    assert await close_code(AnonymousUser(), f"/ws/sessions/{session_id}/") == 4401
+
+
+async def test_stranger_socket_looks_like_a_missing_session(
+    stranger: Any, session_id: uuid.UUID
+) -> None:
+    theirs = await close_code(stranger, f"/ws/sessions/{session_id}/")
+    missing = await close_code(stranger, f"/ws/sessions/{uuid.uuid4()}/")
+    malformed = await close_code(stranger, "/ws/sessions/not-a-uuid/")
+    assert theirs == missing == malformed == 4404
+
+
+# --- several sockets --------------------------------------------------------------------------
+
+
+async def test_two_sockets_see_identical_event_sequences(owner: Any, session_id: uuid.UUID) -> None:
+    first = await open_socket(owner, session_id)
+    second = await open_socket(owner, session_id)
+    await first.send(send_frame('/tool calculator {"expression": "2+3"}'))
+    await finish_turn(first)
+    await finish_turn(second)
+    assert first.view.events == second.view.events
+    assert first.view.contents() == second.view.contents() == await db_messages(session_id)
+
+
+async def test_resume_with_a_cursor_gets_exactly_the_missed_events(
+    owner: Any, session_id: uuid.UUID
+) -> None:
+    watcher = await open_socket(owner, session_id)
+    await watcher.send(send_frame("/words 40"))
+    await finish_turn(watcher)
+    await watcher.until_type("title_updated")
+    all_events = watcher.view.events
+    cursor = all_events[10]["seq"]
+    late = await open_socket(owner, session_id, resume=False)
+    await late.send({"type": "resume", "last_seq": cursor})
+    expected = [e for e in all_events if e["seq"] > cursor]
+    got = [
+        json.loads(await late.communicator.receive_from(timeout=FRAME_TIMEOUT)) for _ in expected
+    ]
+    assert got == expected
+    await late.send({"type": "ping"})
+    assert (await late.next())["type"] == "pong"
+
+
+async def test_cursor_from_another_life_gets_a_snapshot(owner: Any, session_id: uuid.UUID) -> None:
+    socket = await open_socket(owner, session_id, resume=False)
+    await socket.send({"type": "resume", "last_seq": 10**9})
+    snapshot = await socket.next()
+    assert snapshot["type"] == "snapshot" and snapshot["messages"] == []
+
+
+async def test_snapshot_mid_stream_includes_unsaved_text(
+    owner: Any, session_id: uuid.UUID, settings: Any
+) -> None:
+    settings.CHAT_CHECKPOINT_SECONDS = 3600  # nothing checkpointed while streaming
+    first = await open_socket(owner, session_id)
+    await first.send(send_frame("/words 400"))
+    for _ in range(20):
+        await first.until_type("text_delta")
+    late = await open_socket(owner, session_id)
+    snapshot = late.frames[-1]
+    streaming = [m for m in snapshot["messages"] if m["status"] == "streaming"]
+    assert len(streaming) == 1 and streaming[0]["content"]
+    assert snapshot["running"] is True
+    await finish_turn(late)
+    await finish_turn(first)
+    assert late.view.gaps == []
+    assert late.view.contents() == first.view.contents() == await db_messages(session_id)
+
+
+async def test_a_lost_live_event_is_repaired_from_the_log(
+    owner: Any, session_id: uuid.UUID, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """The channel layer drops every 7th event; sockets still see all of them in order."""
+    from channels.layers import get_channel_layer
+
+    layer = get_channel_layer()
+    real_group_send = layer.group_send
+    counter = {"n": 0}
+
+    async def lossy(group: str, message: dict[str, Any]) -> None:
+        counter["n"] += 1
+        if message.get("type") == "session.event" and counter["n"] % 7 == 0:
+            return
+        await real_group_send(group, message)
+
+    monkeypatch.setattr(layer, "group_send", lossy)
+    socket = await open_socket(owner, session_id)
+    await socket.send(send_frame("/words 80"))
+    await finish_turn(socket)
+    assert socket.view.gaps == []
+    seqs = [e["seq"] for e in socket.view.events]
+    assert seqs == list(range(seqs[0], seqs[0] + len(seqs)))
+    assert socket.view.contents() == await db_messages(session_id)
+
+
+async def test_events_keep_flowing_while_other_sessions_stream(
+    owner: Any, session_id: uuid.UUID
+) -> None:
+    other_id = (await database_sync_to_async(store.session_create)(owner_id=owner.pk)).id
+    first = await open_socket(owner, session_id)
+    second = await open_socket(owner, other_id)
+    await first.send(send_frame("/words 50"))
+    await second.send(send_frame("/words 50"))
+    await asyncio.gather(finish_turn(first), finish_turn(second))
+    assert first.view.contents() == await db_messages(session_id)
+    assert second.view.contents() == await db_messages(other_id)
