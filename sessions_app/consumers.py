@@ -20,22 +20,21 @@ from typing import Any
 from channels.db import database_sync_to_async
 from channels.generic.websocket import AsyncWebsocketConsumer
 from django.conf import settings
-from pydantic import BaseModel, ValidationError
+from pydantic import BaseModel
 
 from sessions_app import events, runtime, store, turns
-from sessions_app.errors import SessionNotFound, StoreWriteError
+from sessions_app.errors import Refused, SessionNotFound, StoreWriteError
 from sessions_app.llm import model_info
 from sessions_app.protocol import (
-    CLIENT_FRAME_TYPES,
     AckFrame,
     CancelFrame,
-    ClientFrameEnvelope,
     ErrorFrame,
     HelloFrame,
     PingFrame,
     PongFrame,
     ResumeFrame,
     SendFrame,
+    frame_parse,
 )
 from sessions_app.snapshots import snapshot_build
 
@@ -86,60 +85,19 @@ class ChatConsumer(AsyncWebsocketConsumer):
     async def receive(self, text_data: str | None = None, bytes_data: bytes | None = None) -> None:
         if not hasattr(self, "session_id"):
             return  # refused at connect; frames racing the close are ignored
-        if text_data is None:
-            await self.send_error("unsupported_frame", "Send JSON text frames, not binary ones.")
-            return
-        size = len(text_data.encode())
-        if size > settings.CHAT_WS_MAX_FRAME_BYTES:
-            await self.send_error(
-                "frame_too_large",
-                f"The frame has {size} bytes; the limit is {settings.CHAT_WS_MAX_FRAME_BYTES}.",
-            )
-            return
         try:
-            data = json.loads(text_data)
-        except ValueError as exc:
-            await self.send_error("bad_json", f"The frame is not valid JSON: {exc}")
-            return
-        frame = await self.validated(data)
-        if frame is None:
-            return
-        if self.delivered is None and not isinstance(frame, ResumeFrame):
-            await self.resume(None)
-        try:
+            frame = frame_parse(text_data, max_bytes=settings.CHAT_WS_MAX_FRAME_BYTES)
+            if self.delivered is None and not isinstance(frame, ResumeFrame):
+                await self.resume(None)
             await self.dispatch_frame(frame)
+        except Refused as exc:
+            await self.send_error(
+                exc.code, exc.message, retry_after=exc.retry_after, details=exc.details
+            )
         except SessionNotFound:
             await self.close(code=CLOSE_NOT_FOUND)
         except StoreWriteError as exc:
             await self.send_error(exc.code, str(exc), retry_after=1)
-
-    async def validated(self, data: Any) -> BaseModel | None:
-        if not isinstance(data, dict):
-            await self.send_error("invalid_frame", "A frame must be a JSON object with a type.")
-            return None
-        kind = data.get("type")
-        if kind not in CLIENT_FRAME_TYPES:
-            await self.send_error(
-                "unknown_type",
-                f"Unknown frame type {str(kind)[:40]!r}; "
-                f"use one of {', '.join(CLIENT_FRAME_TYPES)}.",
-            )
-            return None
-        try:
-            return ClientFrameEnvelope.model_validate({"frame": data}).frame
-        except ValidationError as exc:
-            details = [
-                {
-                    "field": ".".join(str(p) for p in err["loc"][2:]) or "(frame)",
-                    "problem": err["msg"],
-                }
-                for err in exc.errors(include_url=False, include_input=False)
-            ]
-            summary = "; ".join(f"{d['field']}: {d['problem']}" for d in details)
-            await self.send_error(
-                "invalid_frame", f"Invalid {kind} frame: {summary}", details=details
-            )
-            return None
 
     async def dispatch_frame(self, frame: BaseModel) -> None:
         if isinstance(frame, SendFrame):

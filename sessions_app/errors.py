@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import uuid
+from typing import Any
 
 
 class SessionNotFound(Exception):
@@ -19,3 +20,22 @@ class StoreWriteError(Exception):
     """The database refused a write; nothing of it was saved and nothing was cached."""
 
     code = "store_write_failed"
+
+
+class Refused(Exception):
+    """A request the server will not act on, for a reason the client can act on: a stable
+    ``code``, a readable message, and (when waiting helps) ``retry_after`` seconds."""
+
+    def __init__(
+        self,
+        code: str,
+        message: str,
+        *,
+        retry_after: float | None = None,
+        details: list[dict[str, Any]] | None = None,
+    ) -> None:
+        super().__init__(message)
+        self.code = code
+        self.message = message
+        self.retry_after = retry_after
+        self.details = details

@@ -6,9 +6,12 @@ here are the ones a single socket exchanges with the server.
 
 from __future__ import annotations
 
+import json
 from typing import Annotated, Any, Literal
 
-from pydantic import BaseModel, ConfigDict, Field, StringConstraints
+from pydantic import BaseModel, ConfigDict, Field, StringConstraints, ValidationError
+
+from sessions_app.errors import Refused
 
 ClientMessageId = Annotated[
     str, StringConstraints(min_length=1, max_length=64, pattern=r"^[A-Za-z0-9._:-]+$")
@@ -48,6 +51,50 @@ CLIENT_FRAME_TYPES = ("send", "cancel", "resume", "ping")
 
 class ClientFrameEnvelope(BaseModel):
     frame: ClientFrame
+
+
+ClientFrameModel = SendFrame | CancelFrame | ResumeFrame | PingFrame
+
+
+def frame_parse(text: str | None, *, max_bytes: int) -> ClientFrameModel:
+    """Parse one websocket frame from a client (``None``: it was binary).
+
+    Raises ``Refused`` with ``unsupported_frame``, ``frame_too_large``, ``bad_json``,
+    ``invalid_frame`` or ``unknown_type``; never anything else, whatever the input.
+    """
+    if text is None:
+        raise Refused("unsupported_frame", "Send JSON text frames, not binary ones.")
+    # UTF-8 takes at most 4 bytes a character: only a long frame needs encoding to measure.
+    size = len(text) if len(text) * 4 <= max_bytes else len(text.encode("utf-8", "replace"))
+    if size > max_bytes:
+        raise Refused("frame_too_large", f"The frame has {size} bytes; the limit is {max_bytes}.")
+    try:
+        data = json.loads(text)
+    except RecursionError:
+        raise Refused("bad_json", "The frame nests JSON too deeply.") from None
+    except ValueError as exc:
+        raise Refused("bad_json", f"The frame is not valid JSON: {exc}") from None
+    if not isinstance(data, dict):
+        raise Refused("invalid_frame", "A frame must be a JSON object with a type.")
+    kind = data.get("type")
+    if not isinstance(kind, str) or kind not in CLIENT_FRAME_TYPES:
+        raise Refused(
+            "unknown_type",
+            f"Unknown frame type {str(kind)[:40]!r}; use one of {', '.join(CLIENT_FRAME_TYPES)}.",
+        )
+    try:
+        return ClientFrameEnvelope.model_validate({"frame": data}).frame
+    except ValidationError as exc:
+        details = [
+            {
+                "field": ".".join(str(p) for p in err["loc"][2:]) or "(frame)",
+                "problem": err["msg"],
+            }
+            for err in exc.errors(include_url=False, include_input=False)
+        ]
+        summary = "; ".join(f"{d['field']}: {d['problem']}" for d in details)
+        message = f"Invalid {kind} frame: {summary}"
+        raise Refused("invalid_frame", message, details=details) from None
 
 
 class ErrorFrame(BaseModel):

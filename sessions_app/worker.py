@@ -52,13 +52,22 @@ async def _run(result: DBTaskResult) -> None:
         kwargs = result.task_result.kwargs
         value: Any = await task.acall(*args, **kwargs)
     except asyncio.CancelledError:
-        await database_sync_to_async(result.set_failed)(RuntimeError("worker shut down"))
+        await _record(result, result.set_failed, RuntimeError("worker shut down"))
         raise
     except Exception as exc:
         logger.exception("task %s failed", result.id)
-        await database_sync_to_async(result.set_failed)(exc)
+        await _record(result, result.set_failed, exc)
     else:
-        await database_sync_to_async(result.set_successful)(value)
+        await _record(result, result.set_successful, value)
+
+
+async def _record(result: DBTaskResult, setter: Any, outcome: Any) -> None:
+    """Write the task's end to its row. The row is bookkeeping (the operation row holds the
+    outcome), so a row deleted meanwhile (a purge of old results) is only logged."""
+    try:
+        await database_sync_to_async(setter)(outcome)
+    except DBTaskResult.NotUpdated:
+        logger.info("task %s: its row was deleted before it finished", result.id)
 
 
 async def worker_loop(wake: asyncio.Event) -> None:

@@ -15,6 +15,8 @@ from django.db import connections
 from chatproject.routing import websocket_urlpatterns
 from sessions_app import runtime, store, turns
 from sessions_app.models import ChatMessage
+from tests.conftest import OWNER_PASSWORD
+from tests.servers import session_cookie
 from tests.wsclient import FrameReader
 
 FRAME_TIMEOUT = 30
@@ -27,6 +29,12 @@ def chat_runtime_settings(settings: Any, local_model_url: str) -> None:
     settings.CHAT_MODEL_MAX_RETRIES = 0
     settings.CHAT_MODEL_TIMEOUT = 5
     settings.CHAT_CHECKPOINT_SECONDS = 0.05
+
+
+@pytest.fixture
+def cookie(owner: Any) -> str:
+    """The ``Cookie`` header of the logged-in owner, for real websocket clients."""
+    return session_cookie(owner.get_username(), OWNER_PASSWORD)
 
 
 @pytest.fixture

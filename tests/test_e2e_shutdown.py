@@ -14,8 +14,8 @@ from django_tasks_db.models import DBTaskResult
 
 from sessions_app.models import ChatSession, Operation
 from tests.conftest import OWNER_PASSWORD
+from tests.e2e import FAST_LEASES, db_view, is_final, new_session
 from tests.servers import ResumingClient, daphne, daphne_process, session_cookie
-from tests.test_e2e_durable import FAST_LEASES, db_view, is_final, new_session
 from tests.wsclient import send_frame
 
 pytestmark = [pytest.mark.django_db(transaction=True), pytest.mark.asyncio]

@@ -1,0 +1,115 @@
+"""End to end across processes: servers, workers and Redis killed or restarted mid-work.
+
+Real daphne processes, real ``manage.py db_worker`` processes, real websockets, on the
+PostgreSQL + Redis pass. In a module of their own: no other server may share their queue
+(a server with an in-process worker would take their operations).
+"""
+
+from __future__ import annotations
+
+from typing import Any
+
+import pytest
+from channels.db import database_sync_to_async
+from django.conf import settings
+
+from sessions_app.models import Operation
+from tests.e2e import FAST_LEASES, db_view, is_final, new_session
+from tests.processes import free_port
+from tests.servers import ResumingClient, daphne, daphne_process, redis_process, worker_process
+from tests.wsclient import send_frame
+
+pytestmark = [pytest.mark.django_db(transaction=True), pytest.mark.asyncio]
+
+
+@pytest.mark.postgres
+@pytest.mark.redis
+async def test_server_killed_client_resumes_on_another(
+    owner: Any, cookie: str, local_model_url: str
+) -> None:
+    env = {**FAST_LEASES, "CHAT_TASK_WORKER": "external", "LOCAL_MODEL_URL": local_model_url}
+    session_id = await database_sync_to_async(new_session)(owner)
+    with (
+        worker_process(**env),
+        daphne_process("daphne-1", **env) as (first, first_process),
+        daphne("daphne-2", **env) as second,
+    ):
+        client = ResumingClient(first, session_id, cookie)
+        ws = await client.connect()
+        await ws.send(send_frame('/tool timer {"seconds": 2, "label": "slow"}'))
+        await client.until(lambda f: f["type"] == "turn_finished")  # the operation runs on
+        await client.close()
+        first_process.kill()  # SIGKILL
+        client.move_to(second)
+        await client.until(is_final)
+        await client.until(lambda f: f["type"] == "turn_finished")
+        assert client.view.gaps == []
+        assert client.view.contents() == await db_view(session_id)
+        assert any(e["type"] == "operation_completed" for e in client.view.events)
+
+
+@pytest.mark.postgres
+@pytest.mark.redis
+@pytest.mark.parametrize(
+    ("tool", "outcome"),
+    [
+        ('timer {"seconds": 3, "label": "safe"}', "succeeded"),
+        ('slow_side_effect {"seconds": 3}', "failed"),
+    ],
+)
+async def test_worker_killed_mid_operation(
+    owner: Any, cookie: str, local_model_url: str, tool: str, outcome: str
+) -> None:
+    env = {**FAST_LEASES, "CHAT_TASK_WORKER": "external", "LOCAL_MODEL_URL": local_model_url}
+    session_id = await database_sync_to_async(new_session)(owner)
+    with daphne(**env) as address:
+        client = ResumingClient(address, session_id, cookie)
+        ws = await client.connect()
+        with worker_process("worker-1", **env) as doomed:
+            await ws.send(send_frame(f"/tool {tool}"))
+            await client.until(
+                lambda f: (
+                    f["type"] == "operation_in_progress" and f["operation"]["status"] == "running"
+                )
+            )
+            doomed.kill()
+        with worker_process("worker-2", **env):
+            kind = "operation_completed" if outcome == "succeeded" else "operation_failed"
+            await client.until(lambda f: f["type"] == kind, deadline=30)
+        op = await database_sync_to_async(Operation.objects.get)(session_id=session_id)
+        assert op.status == outcome
+        if outcome == "failed":
+            assert "server running this operation stopped" in (op.error or "")
+            assert op.attempts == 1  # never run twice
+        else:
+            assert op.attempts == 2
+
+
+@pytest.mark.postgres
+@pytest.mark.redis
+async def test_redis_restarted_mid_turn(owner: Any, cookie: str) -> None:
+    port = free_port()
+    redis_url = f"redis://127.0.0.1:{port}/0"
+    env = {**FAST_LEASES, "REDIS_URL": redis_url, "LOCAL_MODEL_WORD_DELAY_MS": "20"}
+    session_id = await database_sync_to_async(new_session)(owner)
+    with redis_process(port) as redis, daphne(**env) as address:
+        client = ResumingClient(address, session_id, cookie)
+        ws = await client.connect()
+        await ws.send(send_frame("/words 200"))
+        await client.until(lambda f: f["type"] == "text_delta" and f["offset"] > 100)
+        redis.kill()
+        with redis_process(port):
+            await client.until(
+                lambda f: (
+                    f["type"] == "turn_finished" or (f["type"] == "snapshot" and not f["running"])
+                ),
+                deadline=60,
+            )
+            stored = await db_view(session_id)
+            assert stored[1][3] == "complete" and len((stored[1][2] or "").split()) == 200
+            assert client.view.contents() == stored
+            # The cache recovers: the next turn streams and is cached again.
+            await client.ws.send(send_frame("/words 5")) if client.ws else None
+            await client.until(lambda f: f["type"] == "turn_finished")
+            assert client.view.contents() == await db_view(session_id)
+    assert redis_url != settings.REDIS_URL  # the suite's own Redis was never touched
