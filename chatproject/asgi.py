@@ -21,6 +21,7 @@ django_asgi_app = get_asgi_application()
 from channels.auth import AuthMiddlewareStack  # noqa: E402
 from channels.routing import ProtocolTypeRouter, URLRouter  # noqa: E402
 from channels.security.websocket import AllowedHostsOriginValidator  # noqa: E402
+from django.conf import settings  # noqa: E402
 
 from chatproject.routing import websocket_urlpatterns  # noqa: E402
 from sessions_app import runtime  # noqa: E402
@@ -74,7 +75,12 @@ class StartBackgroundWork:
 application = StartBackgroundWork(
     ProtocolTypeRouter(
         {
-            "http": PrefixMount(LOCAL_MODEL_PREFIX, local_model_app, django_asgi_app),
+            # The demo model is served only while it is the configured model.
+            "http": (
+                PrefixMount(LOCAL_MODEL_PREFIX, local_model_app, django_asgi_app)
+                if settings.CHAT_USING_LOCAL_MODEL
+                else django_asgi_app
+            ),
             "websocket": AllowedHostsOriginValidator(
                 AuthMiddlewareStack(URLRouter(websocket_urlpatterns))
             ),

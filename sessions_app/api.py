@@ -9,9 +9,11 @@ Every error is ``{"error": {"code", "message", "details"?}}`` with a stable ``co
 | 403 | ``csrf_failed`` | a write without the CSRF token of the session cookie |
 | 404 | ``session_not_found`` | no such session, or another user's (they look alike) |
 | 405 | ``method_not_allowed`` | the path exists, the method does not |
+| 400 | ``message_too_long`` | a message over ``CHAT_MESSAGE_MAX_CHARS`` |
 | 409 | ``turn_in_progress`` | a message was sent while a reply is being written |
 | 413 | ``body_too_large`` | the body is over ``DATA_UPLOAD_MAX_MEMORY_SIZE`` |
 | 415 | ``unsupported_media_type`` | a body that is not ``application/json`` |
+| 429 | ``message_rate_limited`` etc. | a limit (docs/reliability.md); ``Retry-After`` if useful |
 | 503 | ``store_write_failed`` | the database refused the write; nothing was saved |
 | 503 | ``server_shutting_down`` | this server process is restarting; send again |
 
@@ -25,6 +27,7 @@ from __future__ import annotations
 import functools
 import json
 import logging
+import math
 import uuid
 from collections.abc import Callable, Coroutine
 from typing import Any
@@ -37,7 +40,7 @@ from django.views.csrf import csrf_failure as django_csrf_failure
 from pydantic import BaseModel, ValidationError
 
 from sessions_app import events, runtime, store, turns
-from sessions_app.errors import SessionNotFound, StoreWriteError
+from sessions_app.errors import LimitExceeded, Refused, SessionNotFound, StoreWriteError
 from sessions_app.schemas import (
     ApiError,
     ApiErrorBody,
@@ -74,10 +77,20 @@ class ApiInputError(Exception):
 
 
 def error_response(
-    status: int, code: str, message: str, details: list[dict[str, Any]] | None = None
+    status: int,
+    code: str,
+    message: str,
+    details: list[dict[str, Any]] | None = None,
+    *,
+    retry_after: float | None = None,
 ) -> JsonResponse:
-    body = ApiErrorBody(error=ApiError(code=code, message=message, details=details))
-    return JsonResponse(body.model_dump(mode="json", exclude_none=True), status=status)
+    error = ApiError(code=code, message=message, details=details, retry_after=retry_after)
+    response = JsonResponse(
+        ApiErrorBody(error=error).model_dump(mode="json", exclude_none=True), status=status
+    )
+    if retry_after is not None:
+        response["Retry-After"] = str(math.ceil(retry_after))
+    return response
 
 
 def _shape(model: BaseModel, status: int = 200) -> JsonResponse:
@@ -145,10 +158,20 @@ def _error_for(exc: Exception) -> HttpResponse:
         return error_response(404, exc.code, str(exc))
     if isinstance(exc, StoreWriteError):
         return error_response(503, exc.code, str(exc))
+    if isinstance(exc, Refused):
+        status = next((s for kind, s in REFUSED_STATUS if isinstance(exc, kind)), 400)
+        return error_response(
+            status, exc.code, exc.message, exc.details, retry_after=exc.retry_after
+        )
     raise exc
 
 
-HANDLED = (ApiInputError, RequestDataTooBig, SessionNotFound, StoreWriteError)
+REFUSED_STATUS: tuple[tuple[type[Refused], int], ...] = (
+    (LimitExceeded, 429),
+    (turns.TurnInProgress, 409),
+    (turns.ServerDraining, 503),
+)
+HANDLED = (ApiInputError, RequestDataTooBig, SessionNotFound, StoreWriteError, Refused)
 
 
 def api_view(*methods: str) -> Callable[[View], View]:
@@ -200,7 +223,7 @@ def sessions_collection(request: HttpRequest) -> HttpResponse:
     owner_id = _owner_id(request)
     if request.method == "POST":
         created_in = _body(request, SessionCreateIn)
-        state = store.session_create(owner_id=owner_id, title=created_in.title)
+        state = store.session_create(owner_id=owner_id, title=created_in.title, limited=True)
         return _shape(_session_out(state, with_messages=True), status=201)
     query = _validated(SessionListQuery, request.GET.dict(), "query")
     page = store.session_list(owner_id=owner_id, page=query.page, page_size=query.page_size)
@@ -270,24 +293,12 @@ async def session_send(request: HttpRequest, owner_id: int, session_id: str) -> 
     """Send a message: the reply's events are read from ``events/``."""
     sid = await _owned_session(session_id, owner_id)
     sent = _body(request, MessageSendIn)
-    if len(sent.content) > settings.CHAT_MESSAGE_MAX_CHARS:
-        raise ApiInputError(
-            400,
-            "message_too_long",
-            f"The message has {len(sent.content)} characters; the limit is "
-            f"{settings.CHAT_MESSAGE_MAX_CHARS}.",
-        )
-    try:
-        started = await turns.turn_start(
-            session_id=sid,
-            owner_id=owner_id,
-            content=sent.content,
-            client_message_id=sent.client_message_id,
-        )
-    except turns.TurnInProgress as exc:
-        return error_response(409, exc.code, str(exc))
-    except turns.ServerDraining as exc:
-        return error_response(503, exc.code, str(exc))
+    started = await turns.turn_start(
+        session_id=sid,
+        owner_id=owner_id,
+        content=sent.content,
+        client_message_id=sent.client_message_id,
+    )
     body = {
         "message_sequence": started.message.sequence,
         "duplicate": started.duplicate,

@@ -14,3 +14,4 @@ class SessionsAppConfig(AppConfig):
         from sessions_app.tools.registry import tools_check_configured
 
         tools_check_configured()
+        import chatproject.checks  # noqa: F401  (registers the deployment checks)

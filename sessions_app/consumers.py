@@ -6,12 +6,14 @@ missing ones are read from the replay log; when the log cannot help, a snapshot 
 A socket delivers nothing until the client has sent ``resume`` (its cursor, or null for a
 snapshot); any other first frame implies ``resume`` with null.
 
-Close codes: 4401 not logged in, 4404 no such session (another user's looks the same).
-Bad frames get an ``error`` frame and the socket carries on.
+Close codes: 4401 not logged in, 4404 no such session (another user's looks the same),
+4429 too many sockets of the user (after an ``error`` frame saying so). Bad frames, and
+frames over the per-socket rate, get an ``error`` frame and the socket carries on.
 """
 
 from __future__ import annotations
 
+import asyncio
 import json
 import logging
 import uuid
@@ -22,8 +24,8 @@ from channels.generic.websocket import AsyncWebsocketConsumer
 from django.conf import settings
 from pydantic import BaseModel
 
-from sessions_app import events, runtime, store, turns
-from sessions_app.errors import Refused, SessionNotFound, StoreWriteError
+from sessions_app import events, limits, runtime, store, turns
+from sessions_app.errors import LimitExceeded, Refused, SessionNotFound, StoreWriteError
 from sessions_app.llm import model_info
 from sessions_app.protocol import (
     AckFrame,
@@ -42,6 +44,7 @@ logger = logging.getLogger(__name__)
 
 CLOSE_NOT_AUTHENTICATED = 4401
 CLOSE_NOT_FOUND = 4404
+CLOSE_LIMITED = 4429
 
 
 class ChatConsumer(AsyncWebsocketConsumer):
@@ -67,6 +70,14 @@ class ChatConsumer(AsyncWebsocketConsumer):
         except (ValueError, SessionNotFound):
             await self.close(code=CLOSE_NOT_FOUND)
             return
+        try:
+            await limits.socket_open(owner_id=self.owner_id, socket_id=self.channel_name)
+        except LimitExceeded as exc:
+            await self.send_error(exc.code, exc.message, retry_after=exc.retry_after)
+            await self.close(code=CLOSE_LIMITED)
+            return
+        self.counted = asyncio.ensure_future(self.stay_counted())
+        self.frame_rate = limits.FrameRate()
         await self.channel_layer.group_add(events.group_name(self.session_id), self.channel_name)
         self.groups.append(events.group_name(self.session_id))  # left again on disconnect
         info = model_info()
@@ -80,12 +91,26 @@ class ChatConsumer(AsyncWebsocketConsumer):
             )
         )
 
+    async def disconnect(self, code: int) -> None:
+        counted = getattr(self, "counted", None)
+        if counted is not None:
+            counted.cancel()
+            await limits.socket_close(owner_id=self.owner_id, socket_id=self.channel_name)
+
+    async def stay_counted(self) -> None:
+        """Renew this socket's entry among the user's open sockets while it is open."""
+        while True:
+            await asyncio.sleep(limits.SOCKET_TTL_SECONDS / 3)
+            await limits.socket_renew(owner_id=self.owner_id, socket_id=self.channel_name)
+
     # --- client frames ------------------------------------------------------------------------
 
     async def receive(self, text_data: str | None = None, bytes_data: bytes | None = None) -> None:
-        if not hasattr(self, "session_id"):
+        if not hasattr(self, "frame_rate"):
             return  # refused at connect; frames racing the close are ignored
         try:
+            if not await self.frame_rate.check():
+                return  # over the rate, and already told so in this window
             frame = frame_parse(text_data, max_bytes=settings.CHAT_WS_MAX_FRAME_BYTES)
             if self.delivered is None and not isinstance(frame, ResumeFrame):
                 await self.resume(None)
@@ -115,23 +140,12 @@ class ChatConsumer(AsyncWebsocketConsumer):
             await self.send_shape(PongFrame(id=frame.id, last_seq=head))
 
     async def on_send(self, frame: SendFrame) -> None:
-        if len(frame.content) > settings.CHAT_MESSAGE_MAX_CHARS:
-            await self.send_error(
-                "message_too_long",
-                f"The message has {len(frame.content)} characters; the limit is "
-                f"{settings.CHAT_MESSAGE_MAX_CHARS}.",
-            )
-            return
-        try:
-            started = await turns.turn_start(
-                session_id=self.session_id,
-                owner_id=self.owner_id,
-                content=frame.content,
-                client_message_id=frame.client_message_id,
-            )
-        except (turns.TurnInProgress, turns.ServerDraining) as exc:
-            await self.send_error(exc.code, str(exc))
-            return
+        started = await turns.turn_start(
+            session_id=self.session_id,
+            owner_id=self.owner_id,
+            content=frame.content,
+            client_message_id=frame.client_message_id,
+        )
         await self.send_shape(
             AckFrame(
                 of="send",

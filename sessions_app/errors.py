@@ -39,3 +39,7 @@ class Refused(Exception):
         self.message = message
         self.retry_after = retry_after
         self.details = details
+
+
+class LimitExceeded(Refused):
+    """A configured limit (``sessions_app.limits``; docs/reliability.md) refused the request."""

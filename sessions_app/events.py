@@ -25,7 +25,6 @@ import json
 import logging
 import threading
 import uuid
-import weakref
 from collections import deque
 from typing import Any, Protocol
 
@@ -36,6 +35,7 @@ from django.core.signals import setting_changed
 from redis import asyncio as aioredis
 
 from sessions_app import runtime, store
+from sessions_app.redis_clients import redis_client
 
 logger = logging.getLogger(__name__)
 
@@ -161,19 +161,9 @@ class RedisEventLog:
     def __init__(self, url: str, size: int) -> None:
         self.url = url
         self.size = size
-        self._clients: weakref.WeakKeyDictionary[asyncio.AbstractEventLoop, aioredis.Redis] = (
-            weakref.WeakKeyDictionary()
-        )
 
     def _redis(self) -> aioredis.Redis:
-        loop = asyncio.get_running_loop()
-        client = self._clients.get(loop)
-        if client is None:
-            client = aioredis.Redis.from_url(
-                self.url, socket_connect_timeout=1, socket_timeout=2, health_check_interval=10
-            )
-            self._clients[loop] = client
-        return client
+        return redis_client(self.url)
 
     def _keys(self, session_id: uuid.UUID) -> list[str]:
         base = f"{settings.CHAT_CACHE_PREFIX}:events:v1:{session_id}"

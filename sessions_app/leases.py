@@ -12,9 +12,12 @@ import uuid
 from datetime import datetime, timedelta
 
 from django.conf import settings
+from django.contrib.auth import get_user_model
+from django.db import transaction
 from django.db.models import Q
 from django.utils import timezone
 
+from sessions_app import limits
 from sessions_app.models import ChatSession
 
 
@@ -22,15 +25,37 @@ def _stale_before() -> datetime:
     return timezone.now() - timedelta(seconds=settings.CHAT_LEASE_SECONDS)
 
 
-def turn_lease_acquire(*, session_id: uuid.UUID, turn_id: uuid.UUID, owner: str) -> bool:
-    """Take the session's turn lease unless a live turn holds it. Atomic (one UPDATE)."""
+def turn_lease_acquire(
+    *, session_id: uuid.UUID, turn_id: uuid.UUID, owner: str, owner_id: int
+) -> bool:
+    """Take the session's turn lease unless a live turn holds it.
+
+    Raises ``LimitExceeded`` (nothing taken) when the user already has
+    ``CHAT_USER_MAX_RUNNING_TURNS`` live turns in other sessions. The user's row is locked
+    while counting, so two sessions of one user starting at once cannot both slip past it.
+    """
     free = Q(turn_id__isnull=True) | Q(turn_heartbeat_at__lt=_stale_before())
-    taken = (
-        ChatSession.objects.filter(free, pk=session_id).update(
-            turn_id=turn_id, turn_owner=owner, turn_heartbeat_at=timezone.now()
+    with transaction.atomic():
+        get_user_model().objects.select_for_update().filter(pk=owner_id).first()
+        taken = (
+            ChatSession.objects.filter(free, pk=session_id).update(
+                turn_id=turn_id, turn_owner=owner, turn_heartbeat_at=timezone.now()
+            )
+            == 1
         )
-        == 1
-    )
+        if taken:
+            running = (
+                ChatSession.objects.filter(
+                    owner_id=owner_id,
+                    turn_id__isnull=False,
+                    turn_heartbeat_at__gte=_stale_before(),
+                )
+                .exclude(pk=session_id)
+                .count()
+            )
+            refusal = limits.running_turns_refusal(running=running)
+            if refusal is not None:
+                raise refusal  # rolls the lease back
     return taken
 
 

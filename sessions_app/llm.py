@@ -20,6 +20,7 @@ from django.conf import settings
 from django.core.signals import setting_changed
 from openai import AsyncOpenAI
 
+from chatproject.redaction import redact
 from sessions_app.schemas import Usage
 
 logger = logging.getLogger(__name__)
@@ -127,7 +128,8 @@ def _server_message(exc: openai.APIStatusError) -> str:
         inner = body.get("error", body)
         if isinstance(inner, dict):
             message = str(inner.get("message") or "")
-    message = message or str(exc.message)
+    # A server may echo what it was sent, the key included.
+    message = redact(message or str(exc.message))
     if len(message) > SERVER_MESSAGE_MAX_CHARS:
         message = message[:SERVER_MESSAGE_MAX_CHARS] + "…"
     return message

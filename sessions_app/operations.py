@@ -28,12 +28,13 @@ from typing import Any
 
 from channels.db import database_sync_to_async
 from django.conf import settings
+from django.contrib.auth import get_user_model
 from django.db import transaction
 from django.db.models import Q
 from django.tasks import task
 from django.utils import timezone
 
-from sessions_app import events, runtime, store
+from sessions_app import events, limits, runtime, store
 from sessions_app.models import ChatSession, Operation
 from sessions_app.schemas import ChatMessageData
 from sessions_app.tools.base import ToolContext
@@ -113,11 +114,15 @@ def operation_create(
     Returns the operation, whether it is new, and the tool message as now stored. The same
     tool call, or the same tool with the same arguments while one is pending or running in
     the session, never starts twice: the existing operation is returned. Dispatch happens
-    after commit.
+    after commit. Raises ``LimitExceeded`` (nothing created) when a new one would pass the
+    user's or the session's limit of unfinished operations.
     """
     assert message.sequence is not None
     with transaction.atomic():
-        # The session row's lock serialises creators, so the duplicate check holds.
+        # The owner's row, then the session's, serialise creators: the duplicate check and
+        # the limits hold (the same order as every other lock of both).
+        owner_id = store.session_owner(session_id=session_id)
+        get_user_model().objects.select_for_update().filter(pk=owner_id).first()
         ChatSession.objects.select_for_update().filter(pk=session_id).first()
         existing = Operation.objects.filter(session_id=session_id, tool_call_id=tool_call_id)
         found = existing.select_related("message").first()
@@ -139,6 +144,13 @@ def operation_create(
                     changes={"content": content, "status": "complete"},
                 )
             return found, False, stored
+        unfinished = Operation.objects.filter(status__in=ACTIVE)
+        refusal = limits.operations_refusal(
+            in_session=unfinished.filter(session_id=session_id).count(),
+            of_user=unfinished.filter(session__owner_id=owner_id).count(),
+        )
+        if refusal is not None:
+            raise refusal
         op = Operation.objects.create(
             session_id=session_id,
             message_id=store.message_pk(session_id=session_id, sequence=message.sequence),

@@ -129,6 +129,8 @@ class ApiError(BaseModel):
     code: str
     message: str
     details: list[dict[str, Any]] | None = None
+    # Seconds after which the same request may succeed (also the Retry-After header).
+    retry_after: float | None = None
 
 
 class ApiErrorBody(BaseModel):

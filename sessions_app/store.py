@@ -16,11 +16,12 @@ from collections.abc import Callable, Sequence
 from typing import Any
 
 from django.conf import settings
+from django.contrib.auth import get_user_model
 from django.db import DatabaseError, transaction
 from django.db.models import F, Q
 from django.utils import timezone
 
-from sessions_app import session_cache
+from sessions_app import limits, session_cache
 from sessions_app.errors import SessionNotFound, StoreWriteError
 from sessions_app.models import ChatMessage, ChatSession, UsageRecord
 from sessions_app.schemas import (
@@ -228,14 +229,27 @@ def session_usage(*, session_id: uuid.UUID | str, owner_id: int | None = None) -
 # --- writes ----------------------------------------------------------------------------
 
 
+def _check_session_quota(owner_id: int) -> None:
+    """Precondition: in ``transaction.atomic()``; the owner's row stays locked till its end."""
+    get_user_model().objects.select_for_update().filter(pk=owner_id).first()
+    refusal = limits.sessions_refusal(count=ChatSession.objects.filter(owner_id=owner_id).count())
+    if refusal is not None:
+        raise refusal
+
+
 def session_create(
     *,
     owner_id: int,
     title: str = "",
     credentials: dict[str, Any] | None = None,
     messages: Sequence[ChatMessageData] = (),
+    limited: bool = False,
 ) -> SessionState:
-    """Create a session (and its first messages): database first, failing loudly."""
+    """Create a session (and its first messages): database first, failing loudly.
+
+    ``limited`` (a user asking): raises ``LimitExceeded`` when the owner has
+    ``CHAT_USER_MAX_SESSIONS`` already, counted under a lock of the owner's row.
+    """
     sid = uuid.uuid4()
     generation: int | None = None
     try:
@@ -244,6 +258,8 @@ def session_create(
         logger.warning("cache unavailable creating session %s", sid, exc_info=True)
     try:
         with transaction.atomic():
+            if limited:
+                _check_session_quota(owner_id)
             row = ChatSession.objects.create(
                 id=sid, owner_id=owner_id, title=title, credentials=credentials or {}
             )

@@ -18,6 +18,7 @@ from django.conf import settings
 
 from sessions_app import events, llm, operations, store
 from sessions_app.conversion import session_to_openai_messages
+from sessions_app.errors import LimitExceeded
 from sessions_app.schemas import ChatMessageData, MessageOut, Usage
 from sessions_app.tools.base import ToolContext
 from sessions_app.tools.registry import (
@@ -82,6 +83,20 @@ class TurnRunner:
             if not calls:
                 return "completed"
             await self.run_tools(calls)
+            # Checked between model calls, after the tool results are stored: the model's
+            # view stays consistent (every call answered) for the next turn.
+            spent = self.usage.total_tokens
+            if spent >= settings.CHAT_TURN_MAX_TOKENS:
+                await self.publish(
+                    "error",
+                    code="token_limit",
+                    message=(
+                        f"This reply used {spent} tokens, over the limit of "
+                        f"{settings.CHAT_TURN_MAX_TOKENS} for one turn; it was stopped. "
+                        "Send another message to continue."
+                    ),
+                )
+                return "token_limit"
         await self.publish(
             "error",
             code="step_limit",
@@ -222,13 +237,21 @@ class TurnRunner:
     async def start_operation(
         self, call: llm.ToolCallRequest, message: ChatMessageData, arguments: Any
     ) -> None:
-        op, created, stored = await database_sync_to_async(operations.operation_create)(
-            session_id=self.sid,
-            message=message,
-            tool_name=call.name,
-            tool_call_id=call.id,
-            arguments=arguments,
-        )
+        try:
+            op, created, stored = await database_sync_to_async(operations.operation_create)(
+                session_id=self.sid,
+                message=message,
+                tool_name=call.name,
+                tool_call_id=call.id,
+                arguments=arguments,
+            )
+        except LimitExceeded as exc:
+            # The model reads why in the tool result; the user gets the error event too.
+            done = await self.update(message, content=f"Error: {exc.message}", status="failed")
+            self.replace_tool_message(done)
+            await self.publish("tool_result", message=message_out(done))
+            await self.publish("error", code=exc.code, message=exc.message)
+            return
         self.replace_tool_message(stored)
         self.operation_messages.add(stored.sequence)
         if created:

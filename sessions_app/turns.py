@@ -9,7 +9,8 @@ per session across all processes, and listens on the session's control group, so
 
 Double-send policy: one turn per session at a time. A ``send`` while one runs is refused
 with ``turn_in_progress``; a retried ``send`` with the same client message id is
-acknowledged as a duplicate and starts nothing.
+acknowledged as a duplicate and starts nothing. The user's limits (messages a minute,
+running turns across sessions: ``sessions_app.limits``) are checked before anything starts.
 """
 
 from __future__ import annotations
@@ -26,8 +27,8 @@ from channels.db import database_sync_to_async
 from channels.layers import get_channel_layer
 from django.conf import settings
 
-from sessions_app import events, leases, llm, runtime, store
-from sessions_app.errors import SessionNotFound
+from sessions_app import events, leases, limits, llm, runtime, store
+from sessions_app.errors import LimitExceeded, Refused, SessionNotFound
 from sessions_app.schemas import ChatMessageData
 from sessions_app.turn_steps import TurnRunner, message_out
 
@@ -44,18 +45,20 @@ CONTINUE_WAIT_SECONDS = 600.0
 INTERRUPTED_TOOL_RESULT = "Error: the server running this turn stopped before the tool finished."
 
 
-class TurnInProgress(Exception):
-    code = "turn_in_progress"
-
+class TurnInProgress(Refused):
     def __init__(self) -> None:
-        super().__init__("A reply is still being written in this session; wait or cancel it.")
+        super().__init__(
+            "turn_in_progress", "A reply is still being written in this session; wait or cancel it."
+        )
 
 
-class ServerDraining(Exception):
-    code = "server_shutting_down"
-
+class ServerDraining(Refused):
     def __init__(self) -> None:
-        super().__init__("This server is restarting; reconnect and send again in a moment.")
+        super().__init__(
+            "server_shutting_down",
+            "This server is restarting; reconnect and send again in a moment.",
+            retry_after=1,
+        )
 
 
 @dataclass(frozen=True)
@@ -92,10 +95,14 @@ def turn_running(session_id: uuid.UUID) -> bool:
     return session_id in _running
 
 
-async def _acquire(session_id: uuid.UUID, turn_id: uuid.UUID) -> bool:
+async def _acquire(turn: _Turn) -> bool:
+    """Take the session's lease for ``turn``; raises ``LimitExceeded`` (too many turns)."""
     return bool(
         await database_sync_to_async(leases.turn_lease_acquire)(
-            session_id=session_id, turn_id=turn_id, owner=runtime.process_id()
+            session_id=turn.session_id,
+            turn_id=turn.turn_id,
+            owner=runtime.process_id(),
+            owner_id=turn.owner_id,
         )
     )
 
@@ -105,20 +112,31 @@ async def turn_start(
 ) -> TurnStart:
     """Store the user's message (once per client message id) and start the turn.
 
-    Raises ``TurnInProgress``, ``ServerDraining`` and ``SessionNotFound``;
-    ``StoreWriteError`` when the message could not be saved (then nothing started).
+    Raises ``Refused`` (``TurnInProgress``, ``ServerDraining``, ``LimitExceeded``, a message
+    too long) and ``SessionNotFound``; ``StoreWriteError`` when the message could not be
+    saved. Then nothing started. A retried send of a stored message is acknowledged as a
+    duplicate whatever the limits say.
     """
     if runtime.draining():
         raise ServerDraining()
+    if len(content) > settings.CHAT_MESSAGE_MAX_CHARS:
+        raise Refused(
+            "message_too_long",
+            f"The message has {len(content)} characters; the limit is "
+            f"{settings.CHAT_MESSAGE_MAX_CHARS}.",
+        )
     turn = _Turn(session_id=session_id, owner_id=owner_id, turn_id=uuid.uuid4())
-    if session_id not in _running:
-        await _recover_stale_turn(session_id)
-    if session_id in _running or not await _acquire(session_id, turn.turn_id):
-        # A retried send of the message that started the running turn is not an error.
+    try:
+        await limits.check_message_rate(owner_id=owner_id)
+        if session_id not in _running:
+            await _recover_stale_turn(session_id)
+        if session_id in _running or not await _acquire(turn):
+            raise TurnInProgress()
+    except Refused:
         existing = await _existing_message(session_id, owner_id, client_message_id)
         if existing is not None:
             return TurnStart(message=existing, duplicate=True, turn_id=None)
-        raise TurnInProgress()
+        raise
     try:
         message, created = await database_sync_to_async(store.message_append_once)(
             session_id=session_id,
@@ -152,7 +170,7 @@ async def turn_continue(*, session_id: uuid.UUID, owner_id: int, notice: str) ->
     # then tell the model (a redundant notice costs a short reply; a lost one, the result).
     loop = asyncio.get_running_loop()
     give_up = loop.time() + CONTINUE_WAIT_SECONDS
-    while session_id in _running or not await _acquire(session_id, turn.turn_id):
+    while session_id in _running or not await _acquire_unless_limited(turn):
         if runtime.draining() or loop.time() > give_up:
             logger.warning("no follow-up turn for session %s: it stayed busy", session_id)
             return False
@@ -162,6 +180,14 @@ async def turn_continue(*, session_id: uuid.UUID, owner_id: int, notice: str) ->
     assert task is not None
     await asyncio.wait([task])
     return True
+
+
+async def _acquire_unless_limited(turn: _Turn) -> bool:
+    """``_acquire``, with the user's running-turn limit read as "busy": a follow-up waits."""
+    try:
+        return await _acquire(turn)
+    except LimitExceeded:
+        return False
 
 
 def _launch(turn: _Turn) -> None:

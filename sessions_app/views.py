@@ -19,6 +19,7 @@ from typing import Any
 from asgiref.sync import sync_to_async
 from django import forms
 from django.conf import settings
+from django.contrib import messages
 from django.contrib.auth.decorators import login_required
 from django.http import HttpRequest, HttpResponse
 from django.shortcuts import redirect, render
@@ -26,7 +27,7 @@ from django.urls import reverse
 from django.views.decorators.http import require_GET, require_http_methods, require_POST
 
 from sessions_app import store
-from sessions_app.errors import SessionNotFound, StoreWriteError
+from sessions_app.errors import LimitExceeded, SessionNotFound, StoreWriteError
 from sessions_app.snapshots import snapshot_build
 from sessions_app.tools.registry import tools_all
 
@@ -119,9 +120,12 @@ def home(request: HttpRequest) -> HttpResponse:
 @require_POST
 def session_new(request: HttpRequest) -> HttpResponse:
     try:
-        state = store.session_create(owner_id=_owner_id(request))
+        state = store.session_create(owner_id=_owner_id(request), limited=True)
     except StoreWriteError as exc:
         return unavailable(request, exc)
+    except LimitExceeded as exc:
+        messages.error(request, exc.message)
+        return redirect("home")
     return redirect("chat", session_id=state.id)
 
 

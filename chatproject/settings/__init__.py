@@ -25,13 +25,48 @@ from chatproject.settings.env import (
 BASE_DIR = Path(__file__).resolve().parent.parent.parent
 VAR_DIR = BASE_DIR / "var"
 
-DEBUG = env_bool("DJANGO_DEBUG", default=True)
+# --- Production: one switch ------------------------------------------------------------
+# CHAT_PRODUCTION=1 turns on everything `manage.py check --deploy` asks for (docs/deploy.md):
+# DEBUG off, a real SECRET_KEY and ALLOWED_HOSTS required, secure cookies, HSTS, HTTPS
+# redirects (or a proxy's forwarded-protocol header), and no demo conveniences.
+CHAT_PRODUCTION = env_bool("CHAT_PRODUCTION", default=False)
+DEBUG = env_bool("DJANGO_DEBUG", default=not CHAT_PRODUCTION)
+if CHAT_PRODUCTION and DEBUG:
+    raise ImproperlyConfigured("DJANGO_DEBUG must be off when CHAT_PRODUCTION is on")
 _DEV_SECRET_KEY = "django-insecure-chatproject-embedded-development-key-not-for-production"
 SECRET_KEY = env_str("DJANGO_SECRET_KEY", default=_DEV_SECRET_KEY if DEBUG else "")
 if not SECRET_KEY:
     raise ImproperlyConfigured("DJANGO_SECRET_KEY must be set when DJANGO_DEBUG is off")
-ALLOWED_HOSTS = env_list("DJANGO_ALLOWED_HOSTS", default=["127.0.0.1", "localhost", "[::1]"])
+# The same test as `check --deploy` (security.W009), but fatal: a weak key forges sessions.
+_WEAK_KEY = (
+    len(SECRET_KEY) < 50 or len(set(SECRET_KEY)) < 5 or SECRET_KEY.startswith("django-insecure-")
+)
+if CHAT_PRODUCTION and _WEAK_KEY:
+    raise ImproperlyConfigured(
+        "DJANGO_SECRET_KEY must be a random string of at least 50 characters in production "
+        "(e.g. python -c 'import secrets; print(secrets.token_urlsafe(50))')"
+    )
+ALLOWED_HOSTS = env_list(
+    "DJANGO_ALLOWED_HOSTS", default=[] if CHAT_PRODUCTION else ["127.0.0.1", "localhost", "[::1]"]
+)
+if CHAT_PRODUCTION and not ALLOWED_HOSTS:
+    raise ImproperlyConfigured(
+        "DJANGO_ALLOWED_HOSTS must list the host names this server answers to in production "
+        "(comma-separated); websocket Origins are checked against it too"
+    )
 CSRF_TRUSTED_ORIGINS = env_list("DJANGO_CSRF_TRUSTED_ORIGINS", default=[])
+if CHAT_PRODUCTION:
+    # Cookies only over HTTPS; HTTP is redirected to HTTPS and told to stay there (HSTS).
+    SESSION_COOKIE_SECURE = CSRF_COOKIE_SECURE = True
+    SECURE_SSL_REDIRECT = env_bool("DJANGO_SECURE_SSL_REDIRECT", default=True)
+    SECURE_HSTS_SECONDS = env_int("DJANGO_SECURE_HSTS_SECONDS", default=365 * 24 * 3600)
+    SECURE_HSTS_INCLUDE_SUBDOMAINS = env_bool("DJANGO_SECURE_HSTS_SUBDOMAINS", default=True)
+    SECURE_HSTS_PRELOAD = env_bool("DJANGO_SECURE_HSTS_PRELOAD", default=True)
+# Behind a TLS-terminating proxy: the header it sets to "https" (e.g. X-Forwarded-Proto).
+# Only set it when the proxy always sets (or strips) that header itself.
+_PROXY_SSL_HEADER = env_str("DJANGO_SECURE_PROXY_SSL_HEADER", default="")
+if _PROXY_SSL_HEADER:
+    SECURE_PROXY_SSL_HEADER = ("HTTP_" + _PROXY_SSL_HEADER.upper().replace("-", "_"), "https")
 
 INSTALLED_APPS = [
     "daphne",
@@ -153,7 +188,8 @@ USE_I18N = True
 USE_TZ = True
 
 STATIC_URL = "static/"
-STATIC_ROOT = VAR_DIR / "static"
+# Where `manage.py collectstatic` gathers the files WhiteNoise serves in production.
+STATIC_ROOT = Path(env_str("DJANGO_STATIC_ROOT", default=str(VAR_DIR / "static")))
 # WhiteNoise warns about a missing root before the first collectstatic.
 STATIC_ROOT.mkdir(exist_ok=True)
 STATICFILES_DIRS = [BASE_DIR / "static"]
@@ -161,8 +197,13 @@ STORAGES = {
     "default": {"BACKEND": "django.core.files.storage.FileSystemStorage"},
     "staticfiles": {"BACKEND": "whitenoise.storage.CompressedStaticFilesStorage"},
 }
-# In development WhiteNoise serves straight from the finders, no collectstatic needed.
-WHITENOISE_USE_FINDERS = DEBUG
+# In development WhiteNoise serves straight from the finders, no collectstatic needed;
+# production serves what `manage.py collectstatic` gathered (hashed, compressed, cached).
+WHITENOISE_USE_FINDERS = not CHAT_PRODUCTION
+if CHAT_PRODUCTION:
+    STORAGES["staticfiles"]["BACKEND"] = "whitenoise.storage.CompressedManifestStaticFilesStorage"
+    # A file missing from the manifest (collectstatic not run) is served unhashed, not a 500.
+    WHITENOISE_MANIFEST_STRICT = False
 
 # --- Chat sessions ----------------------------------------------------------------------
 # Page size of session lists (API and UI) and its upper bound for clients that ask.
@@ -198,6 +239,17 @@ CHAT_TURN_MAX_STEPS = env_int("CHAT_TURN_MAX_STEPS", default=8, minimum=1)
 CHAT_CHECKPOINT_SECONDS = env_int("CHAT_CHECKPOINT_MS", default=1000, minimum=10) / 1000
 CHAT_MESSAGE_MAX_CHARS = env_int("CHAT_MESSAGE_MAX_CHARS", default=32_000, minimum=1)
 CHAT_WS_MAX_FRAME_BYTES = env_int("CHAT_WS_MAX_FRAME_BYTES", default=256 * 1024, minimum=1024)
+# --- Limits (sessions_app/limits.py; docs/reliability.md#limits) ---------------------------
+# Rate limits count in Redis with REDIS_URL (shared by every process), in memory otherwise.
+CHAT_WS_FRAMES_PER_SECOND = env_int("CHAT_WS_FRAMES_PER_SECOND", default=20, minimum=1)
+CHAT_USER_MESSAGES_PER_MINUTE = env_int("CHAT_USER_MESSAGES_PER_MINUTE", default=30, minimum=1)
+CHAT_USER_MAX_RUNNING_TURNS = env_int("CHAT_USER_MAX_RUNNING_TURNS", default=3, minimum=1)
+CHAT_USER_MAX_OPERATIONS = env_int("CHAT_USER_MAX_OPERATIONS", default=5, minimum=1)
+CHAT_SESSION_MAX_OPERATIONS = env_int("CHAT_SESSION_MAX_OPERATIONS", default=3, minimum=1)
+CHAT_USER_MAX_SOCKETS = env_int("CHAT_USER_MAX_SOCKETS", default=30, minimum=1)
+CHAT_USER_MAX_SESSIONS = env_int("CHAT_USER_MAX_SESSIONS", default=1000, minimum=1)
+# Prompt + completion tokens one turn may spend (the model's own usage reports), all steps.
+CHAT_TURN_MAX_TOKENS = env_int("CHAT_TURN_MAX_TOKENS", default=200_000, minimum=100)
 # Events kept per session for `resume` (a Redis Stream with REDIS_URL, memory otherwise).
 CHAT_EVENT_LOG_SIZE = env_int("CHAT_EVENT_LOG_SIZE", default=5000, minimum=10)
 
@@ -205,7 +257,15 @@ LOGGING = {
     "version": 1,
     "disable_existing_loggers": False,
     "formatters": {"plain": {"format": "%(asctime)s %(levelname)s %(name)s: %(message)s"}},
-    "handlers": {"console": {"class": "logging.StreamHandler", "formatter": "plain"}},
+    # No secret (API key, passwords, SECRET_KEY) reaches a log line: chatproject/redaction.py.
+    "filters": {"redact_secrets": {"()": "chatproject.redaction.RedactSecrets"}},
+    "handlers": {
+        "console": {
+            "class": "logging.StreamHandler",
+            "formatter": "plain",
+            "filters": ["redact_secrets"],
+        }
+    },
     "root": {"handlers": ["console"], "level": "WARNING"},
     "loggers": {
         # Through the root handler above: daphne's own logging setup then finds a root
