@@ -732,6 +732,9 @@
     }
     if (state.liveSince && Date.now() - state.liveSince > STABLE_AFTER_MS) state.attempt = 0;
     state.liveSince = 0;
+    // 4429: too many sockets of this user (the error frame before it said so); back off
+    // for seconds, not half a second, so other tabs can close.
+    if (code === 4429) state.attempt = Math.max(state.attempt, 4);
     scheduleReconnect();
   }
 
