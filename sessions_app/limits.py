@@ -196,7 +196,10 @@ async def socket_renew(*, owner_id: int, socket_id: str) -> None:
 
 async def socket_close(*, owner_id: int, socket_id: str) -> None:
     if not settings.REDIS_URL:
-        _sockets.get(owner_id, {}).pop(socket_id, None)
+        mine = _sockets.get(owner_id, {})
+        mine.pop(socket_id, None)
+        if not mine:
+            _sockets.pop(owner_id, None)  # no entry per user who ever connected
         return
     try:
         await redis_client(settings.REDIS_URL).zrem(_sockets_key(owner_id), socket_id)

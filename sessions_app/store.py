@@ -13,7 +13,7 @@ from __future__ import annotations
 import logging
 import uuid
 from collections.abc import Callable, Sequence
-from typing import Any
+from typing import Any, NamedTuple
 
 from django.conf import settings
 from django.contrib.auth import get_user_model
@@ -485,6 +485,42 @@ def session_title_set_if_empty(*, session_id: uuid.UUID | str, title: str) -> Se
     except DatabaseError as exc:
         raise _write_failed("the generated title", sid, exc) from exc
     return _meta_from_row(row)
+
+
+class ContextSummary(NamedTuple):
+    """The summary of a session's oldest messages (``sessions_app.context_window``)."""
+
+    text: str
+    through_sequence: int | None  # it covers the messages up to this sequence; None: none
+
+
+def session_context_summary(*, session_id: uuid.UUID | str) -> ContextSummary:
+    """The stored context summary: one primary-key query of two columns, never cached."""
+    sid = _as_uuid(session_id)
+    found = (
+        ChatSession.objects.filter(pk=sid)
+        .values_list("context_summary", "context_summary_through")
+        .first()
+    )
+    if found is None:
+        raise SessionNotFound(sid)
+    return ContextSummary(*found)
+
+
+def session_context_summary_set(
+    *, session_id: uuid.UUID | str, summary: str, through_sequence: int | None
+) -> None:
+    """Store the summary of the messages up to ``through_sequence`` (replacing the old one)."""
+    sid = _as_uuid(session_id)
+    try:
+        with transaction.atomic():
+            row = _locked_row(sid, None)
+            row.context_summary = summary
+            row.context_summary_through = through_sequence
+            row.save(update_fields=["context_summary", "context_summary_through"])
+            _after_commit("update", sid, lambda: session_cache.generation_bump(sid))
+    except DatabaseError as exc:
+        raise _write_failed("the context summary", sid, exc) from exc
 
 
 def session_delete(*, session_id: uuid.UUID | str, owner_id: int) -> None:

@@ -16,8 +16,7 @@ from typing import Any
 from channels.db import database_sync_to_async
 from django.conf import settings
 
-from sessions_app import events, llm, operations, store
-from sessions_app.conversion import session_to_openai_messages
+from sessions_app import context_window, events, llm, operations, store
 from sessions_app.errors import LimitExceeded
 from sessions_app.schemas import ChatMessageData, MessageOut, Usage
 from sessions_app.tools.base import ToolContext
@@ -107,18 +106,16 @@ class TurnRunner:
         )
         return "step_limit"
 
-    async def model_messages(self) -> list[dict[str, Any]]:
+    async def model_messages(self, tools: list[dict[str, Any]]) -> list[dict[str, Any]]:
+        """The history within the token budget (``context_window``; raises ``ContextTooLong``)."""
         state = await database_sync_to_async(store.session_get)(session_id=self.sid)
-        history = session_to_openai_messages(state)
-        if not history or history[0]["role"] not in ("system", "developer"):
-            history.insert(0, {"role": "system", "content": settings.CHAT_SYSTEM_PROMPT})
-        if self.notice:
-            history.append({"role": "developer", "content": self.notice})
-            self.notice = None
-        return history
+        notice, self.notice = self.notice, None
+        return await context_window.session_view(
+            state, tools=tools, notice=notice, on_usage=self.record_usage
+        )
 
     async def stream_step(self, tools: list[dict[str, Any]]) -> list[llm.ToolCallRequest]:
-        messages = await self.model_messages()
+        messages = await self.model_messages(tools)
         [placeholder] = await database_sync_to_async(store.messages_append)(
             session_id=self.sid,
             messages=[ChatMessageData(role="assistant", content="", status="streaming")],

@@ -290,6 +290,24 @@ CHAT_TOOLS: list[str] = [
 CHAT_TOOL_RESULT_MAX_CHARS = env_int("CHAT_TOOL_RESULT_MAX_CHARS", default=20_000, minimum=1000)
 # --- end of tools ---------------------------------------------------------------------
 
+# --- Context window (sessions_app/context_window.py) ---------------------------------------
+# Tokens one model call may be sent, everything counted (system prompt, history, tool schemas),
+# plus the tokens kept free for the answer. The oldest turns are left out of the model's view
+# (never deleted) to stay within CHAT_CONTEXT_MAX_TOKENS - CHAT_CONTEXT_REPLY_TOKENS.
+CHAT_CONTEXT_MAX_TOKENS = env_int("CHAT_CONTEXT_MAX_TOKENS", default=24_000, minimum=1000)
+CHAT_CONTEXT_REPLY_TOKENS = env_int("CHAT_CONTEXT_REPLY_TOKENS", default=2_000, minimum=0)
+if CHAT_CONTEXT_REPLY_TOKENS >= CHAT_CONTEXT_MAX_TOKENS:
+    raise ImproperlyConfigured(
+        "CHAT_CONTEXT_REPLY_TOKENS must be smaller than CHAT_CONTEXT_MAX_TOKENS "
+        f"({CHAT_CONTEXT_REPLY_TOKENS} >= {CHAT_CONTEXT_MAX_TOKENS})"
+    )
+# Off by default: when on, the left-out part is summarised by the model (one extra short call
+# whenever more is left out) once it holds at least CHAT_CONTEXT_SUMMARY_MIN_MESSAGES messages.
+CHAT_CONTEXT_SUMMARY = env_bool("CHAT_CONTEXT_SUMMARY", default=False)
+CHAT_CONTEXT_SUMMARY_MIN_MESSAGES = env_int(
+    "CHAT_CONTEXT_SUMMARY_MIN_MESSAGES", default=8, minimum=1
+)
+
 # --- Long-running operations and leases (sessions_app/operations.py, worker.py) -----------
 # Operations run through django.tasks on the database queue of django-tasks-db.
 TASKS = {"default": {"BACKEND": "django_tasks_db.DatabaseBackend", "QUEUES": ["default"]}}

@@ -59,6 +59,10 @@ STOPWORDS = frozenset(_STOPWORDS_TEXT.split())
 
 # The notice the app sends when a long-running tool finished (sessions_app.operations).
 OPERATION_FINISHED = "Background operation finished:"
+# The context window's summary request starts its system message with this
+# (sessions_app.context_window.SUMMARY_PROMPT).
+SUMMARY_REQUEST = "Conversation summary request."
+SUMMARY_LINE_WORDS = 3
 CALL_ID = re.compile(r"tool call (\S+?)[.,;]?(?:\s|$)")
 TITLE_TRIGGER = re.compile(r"\btitle", re.IGNORECASE)
 WRITE_TRIGGER = re.compile(r"^write\b", re.IGNORECASE)
@@ -189,7 +193,8 @@ def split_arguments(arguments: str) -> list[str]:
 
 
 def plan_reply(request: ChatRequest) -> Plan:
-    """Decide the reply. Rules are tried in order: title, /loop, tool results, user commands."""
+    """Decide the reply. Rules are tried in order: title, summary, /loop, tool results, user
+    commands."""
     messages = request.messages
     last = messages[-1]
     last_user = _last_user(messages)
@@ -197,6 +202,9 @@ def plan_reply(request: ChatRequest) -> Plan:
 
     if messages[0].role == "system" and TITLE_TRIGGER.search(messages[0].text):
         return TextPlan(text=make_title(last_user.text if last_user else ""))
+
+    if messages[0].role == "system" and messages[0].text.startswith(SUMMARY_REQUEST):
+        return TextPlan(text=make_summary(last_user.text if last_user else ""))
 
     if last_user is not None:
         loop = _parse_command(last_user.text)
@@ -377,6 +385,13 @@ def make_title(text: str) -> str:
         words = words[1:]
     title = " ".join(words[:TITLE_WORDS]).rstrip(TRAILING_PUNCTUATION).strip()
     return title or "New chat"
+
+
+def make_summary(transcript: str) -> str:
+    """``Summary of N lines: w1 w2 w3; …``: the first three words of each non-empty line."""
+    lines = [line.split() for line in transcript.splitlines() if line.strip()]
+    heads = "; ".join(" ".join(words[:SUMMARY_LINE_WORDS]) for words in lines)
+    return f"Summary of {len(lines)} lines: {heads}."
 
 
 def make_paragraph(text: str, digest: str) -> str:
