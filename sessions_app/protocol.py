@@ -19,7 +19,8 @@ ClientMessageId = Annotated[
 
 
 class _Frame(BaseModel):
-    model_config = ConfigDict(extra="forbid")
+    # strict: JSON types as documented; a cursor of true, 2.0 or "5" is refused, not coerced.
+    model_config = ConfigDict(extra="forbid", strict=True)
 
 
 class SendFrame(_Frame):
@@ -54,6 +55,36 @@ class ClientFrameEnvelope(BaseModel):
 
 
 ClientFrameModel = SendFrame | CancelFrame | ResumeFrame | PingFrame
+FRAME_MODELS: dict[str, type[_Frame]] = {
+    "send": SendFrame,
+    "cancel": CancelFrame,
+    "resume": ResumeFrame,
+    "ping": PingFrame,
+}
+FRAME_FIELDS = {kind: frozenset(model.model_fields) for kind, model in FRAME_MODELS.items()}
+
+# An invalid_frame error lists at most this many problems, each field name clipped: a big
+# bad frame (thousands of unknown fields) must not buy an answer many times its size.
+MAX_DETAILS = 10
+FIELD_NAME_CHARS = 64
+
+
+def _field_name(loc: tuple[int | str, ...]) -> str:
+    name = ".".join(str(part) for part in loc) or "(frame)"
+    if len(name) > FIELD_NAME_CHARS:
+        name = name[: FIELD_NAME_CHARS - 1] + "…"
+    # A key may hold a lone surrogate ("\ud800" escapes): it must still encode as UTF-8.
+    return name.encode("utf-8", "backslashreplace").decode("utf-8")
+
+
+def _invalid(kind: str, problems: list[tuple[tuple[int | str, ...], str]]) -> Refused:
+    details = [
+        {"field": _field_name(loc), "problem": problem} for loc, problem in problems[:MAX_DETAILS]
+    ]
+    summary = "; ".join(f"{d['field']}: {d['problem']}" for d in details)
+    if len(problems) > MAX_DETAILS:
+        summary += f"; and {len(problems) - MAX_DETAILS} more"
+    return Refused("invalid_frame", f"Invalid {kind} frame: {summary}", details=details)
 
 
 def frame_parse(text: str | None, *, max_bytes: int) -> ClientFrameModel:
@@ -82,19 +113,15 @@ def frame_parse(text: str | None, *, max_bytes: int) -> ClientFrameModel:
             "unknown_type",
             f"Unknown frame type {str(kind)[:40]!r}; use one of {', '.join(CLIENT_FRAME_TYPES)}.",
         )
+    # Unknown fields first, without pydantic: it would build one error per field.
+    unknown = [key for key in data if key not in FRAME_FIELDS[kind]]
+    if unknown:
+        raise _invalid(kind, [((key,), "Extra inputs are not permitted") for key in unknown])
     try:
         return ClientFrameEnvelope.model_validate({"frame": data}).frame
     except ValidationError as exc:
-        details = [
-            {
-                "field": ".".join(str(p) for p in err["loc"][2:]) or "(frame)",
-                "problem": err["msg"],
-            }
-            for err in exc.errors(include_url=False, include_input=False)
-        ]
-        summary = "; ".join(f"{d['field']}: {d['problem']}" for d in details)
-        message = f"Invalid {kind} frame: {summary}"
-        raise Refused("invalid_frame", message, details=details) from None
+        errors = exc.errors(include_url=False, include_input=False)
+        raise _invalid(kind, [(err["loc"][2:], err["msg"]) for err in errors]) from None
 
 
 class ErrorFrame(BaseModel):
