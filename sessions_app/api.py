@@ -37,10 +37,17 @@ from django.conf import settings
 from django.core.exceptions import RequestDataTooBig
 from django.http import HttpRequest, HttpResponse, JsonResponse
 from django.views.csrf import csrf_failure as django_csrf_failure
-from pydantic import BaseModel, ValidationError
+from pydantic import BaseModel
 
 from sessions_app import events, runtime, store, turns
-from sessions_app.errors import LimitExceeded, Refused, SessionNotFound, StoreWriteError
+from sessions_app.errors import (
+    InvalidInput,
+    LimitExceeded,
+    Refused,
+    SessionNotFound,
+    StoreWriteError,
+    validated,
+)
 from sessions_app.schemas import (
     ApiError,
     ApiErrorBody,
@@ -97,19 +104,11 @@ def _shape(model: BaseModel, status: int = 200) -> JsonResponse:
     return JsonResponse(model.model_dump(mode="json"), status=status, safe=False)
 
 
-def _validation_details(exc: ValidationError) -> list[dict[str, Any]]:
-    return [
-        {"field": ".".join(str(part) for part in err["loc"]) or "(body)", "problem": err["msg"]}
-        for err in exc.errors(include_url=False, include_input=False)
-    ]
-
-
-def _validated[M: BaseModel](schema: type[M], data: Any, what: str) -> M:
+def _validated[M: BaseModel](schema: type[M], data: dict[str, Any], what: str) -> M:
     try:
-        return schema.model_validate(data)
-    except ValidationError as exc:
-        details = _validation_details(exc)
-        summary = "; ".join(f"{d['field']}: {d['problem']}" for d in details)
+        return validated(schema, data)
+    except InvalidInput as exc:
+        summary, details = exc.describe(whole=f"({what})")
         raise ApiInputError(400, "invalid_input", f"Invalid {what}: {summary}", details) from None
 
 
@@ -125,7 +124,9 @@ def _body[M: BaseModel](request: HttpRequest, schema: type[M]) -> M:
     else:
         try:
             data = json.loads(raw)
-        except (UnicodeDecodeError, json.JSONDecodeError) as exc:
+        except RecursionError:
+            raise ApiInputError(400, "invalid_json", "The body nests JSON too deeply.") from None
+        except ValueError as exc:  # bad UTF-8 or JSON, an integer over 4,300 digits
             raise ApiInputError(400, "invalid_json", f"The body is not valid JSON: {exc}") from None
     if not isinstance(data, dict):
         raise ApiInputError(400, "invalid_input", "The body must be a JSON object.")

@@ -6,11 +6,34 @@ import uuid
 from datetime import datetime
 from typing import Annotated, Any, Literal
 
-from pydantic import BaseModel, ConfigDict, Field, StringConstraints, computed_field
+from pydantic import (
+    AfterValidator,
+    BaseModel,
+    ConfigDict,
+    Field,
+    StringConstraints,
+    computed_field,
+)
 
 Role = Literal["system", "developer", "user", "assistant", "tool", "function"]
 MessageStatus = Literal["complete", "streaming", "pending", "interrupted", "failed"]
-Title = Annotated[str, StringConstraints(strip_whitespace=True, max_length=200)]
+
+
+def _without_nul(text: str) -> str:
+    # PostgreSQL text cannot hold U+0000: refused as input on every database alike, rather
+    # than stored by SQLite and answered by PostgreSQL with a write failure to retry forever.
+    if "\x00" in text:
+        raise ValueError("must not contain the NUL character (U+0000)")
+    return text
+
+
+Title = Annotated[
+    str, StringConstraints(strip_whitespace=True, max_length=200), AfterValidator(_without_nul)
+]
+# What a user writes as a message, over the API and the websocket alike.
+MessageText = Annotated[str, StringConstraints(min_length=1), AfterValidator(_without_nul)]
+# Far past any real list; keeps the OFFSET of a page within a database integer.
+PAGE_MAX = 1_000_000
 
 
 class ChatMessageData(BaseModel):
@@ -116,7 +139,7 @@ class SessionRenameIn(BaseModel):
 class SessionListQuery(BaseModel):
     model_config = ConfigDict(extra="forbid")
 
-    page: int = Field(default=1, ge=1)
+    page: int = Field(default=1, ge=1, le=PAGE_MAX)
     page_size: int = Field(default=20, ge=1, le=100)
 
 
@@ -191,7 +214,7 @@ class MessageSendIn(BaseModel):
 
     model_config = ConfigDict(extra="forbid")
 
-    content: Annotated[str, StringConstraints(min_length=1)]
+    content: MessageText
     client_message_id: Annotated[
         str, StringConstraints(min_length=1, max_length=64, pattern=r"^[A-Za-z0-9._:-]+$")
     ]

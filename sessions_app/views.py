@@ -28,6 +28,7 @@ from django.views.decorators.http import require_GET, require_http_methods, requ
 
 from sessions_app import store
 from sessions_app.errors import LimitExceeded, SessionNotFound, StoreWriteError
+from sessions_app.schemas import PAGE_MAX
 from sessions_app.snapshots import snapshot_build
 from sessions_app.tools.registry import tools_all
 
@@ -93,7 +94,7 @@ def unavailable(request: HttpRequest, exc: StoreWriteError) -> HttpResponse:
 
 def _page_number(request: HttpRequest) -> int:
     try:
-        return max(1, int(request.GET.get("page", "1")))
+        return min(max(1, int(request.GET.get("page", "1"))), PAGE_MAX)
     except ValueError:
         return 1
 

@@ -36,13 +36,16 @@ def is_unicode(value: str) -> bool:
     return True
 
 
-def _text(*, min_len: int = 0, max_len: int | None = None) -> Callable[[Any], bool]:
+def _text(
+    *, min_len: int = 0, max_len: int | None = None, nul: bool = True
+) -> Callable[[Any], bool]:
     def check(value: Any) -> bool:
         return (
             isinstance(value, str)
             and is_unicode(value)
             and len(value) >= min_len
             and (max_len is None or len(value) <= max_len)
+            and (nul or "\x00" not in value)
         )
 
     return check
@@ -63,7 +66,11 @@ def _optional_id(value: Any) -> bool:
 
 # type -> field -> (required, valid value)
 FIELDS: dict[str, dict[str, tuple[bool, Callable[[Any], bool]]]] = {
-    "send": {"content": (True, _text(min_len=1)), "client_message_id": (True, _client_message_id)},
+    # A message never holds U+0000, which PostgreSQL cannot store (docs/protocol.md).
+    "send": {
+        "content": (True, _text(min_len=1, nul=False)),
+        "client_message_id": (True, _client_message_id),
+    },
     "cancel": {},
     "resume": {"last_seq": (True, _cursor)},
     "ping": {"id": (False, _optional_id)},

@@ -5,24 +5,22 @@ endpoint that takes input. Whatever is sent: never a 5xx, always JSON; a refused
 a 4xx with an error ``code`` from the documented set and changes nothing stored; an accepted
 one changes only what it is meant to.
 
-The bugs these tests found outside the test files are pinned as strict ``xfail`` tests at
-the end (``KNOWN BUGS``): the properties skip exactly those inputs (``known_bug``) until the
-bugs are fixed, and the xfail tests then start failing to say so.
+The bugs these properties found (and that were fixed) have a plain regression test each at
+the end of the file.
 """
 
 from __future__ import annotations
 
 import json
-import re
 import uuid
 from typing import Any
 from urllib.parse import quote, urlencode
 
 import pytest
 from channels.db import database_sync_to_async
-from django.http import HttpResponse, QueryDict
+from django.http import HttpResponse
 from django.test import AsyncClient
-from hypothesis import assume, event, example, given, settings
+from hypothesis import assume, example, given, settings
 from hypothesis import strategies as st
 
 from sessions_app import store
@@ -169,35 +167,11 @@ def bodies(valid: st.SearchStrategy[dict[str, Any]]) -> st.SearchStrategy[bytes]
             st.integers(UPLOAD_MAX - 40, UPLOAD_MAX + 40),
         ),
         st.just(b""),
-        # Known bugs today (skipped by known_bug), here for when they are fixed.
+        # Bugs these properties found (the regression tests at the end).
         st.builds(lambda n: b"[" * n, st.sampled_from([10, 900, 3_000])),
         st.builds(lambda n: b'{"title": ' + b"9" * n + b"}", st.sampled_from([20, 4_300, 4_301])),
         st.sampled_from([b'{"title": "a\\u0000b"}', b'{"content": "\\u0000"}']),
     )
-
-
-def known_bug(body: bytes) -> str | None:
-    """The known-bug class of a body (see KNOWN BUGS below), if any."""
-    try:
-        data = json.loads(body)
-    except RecursionError:
-        return "deep-json-500"
-    except (UnicodeDecodeError, json.JSONDecodeError):
-        return None
-    except ValueError:
-        return "long-integer-500"
-    if isinstance(data, dict) and any(
-        isinstance(data.get(field), str) and "\x00" in data[field] for field in ("title", "content")
-    ):
-        return "nul-text"
-    return None
-
-
-def skipped(bug: str | None) -> bool:
-    """Count (``--hypothesis-show-statistics``) and skip an input of a known bug."""
-    if bug is not None:
-        event(f"skipped: known bug {bug}")
-    return bug is not None
 
 
 def starts_a_turn(body: bytes) -> bool:
@@ -216,7 +190,7 @@ query_values = st.one_of(
     st.sampled_from(
         ["", "1.0", "1e3", " 1 ", "0x1", "1_0", "\u0663", "\uff11", "-0", "+5", "None", "null"]
     ),
-    st.sampled_from(["9223372036854775808", "99999999999999999999"]),  # a known bug today
+    st.sampled_from(["1000000", "1000001", "9223372036854775808", "99999999999999999999"]),
 )
 query_dicts = st.dictionaries(
     st.sampled_from(["page", "page_size", "after"]) | texts, query_values, max_size=3
@@ -225,14 +199,6 @@ queries = st.one_of(
     query_dicts.map(lambda q: urlencode(q, errors="surrogatepass")),
     st.text(st.sampled_from("pageszfter_=&%+-0123456789ABCDEFxz;#ÿ"), max_size=40),
 )
-HUGE_NUMBER = re.compile(r"^\s*\+?[0-9_]{13,}\s*$")
-
-
-def known_query_bug(query: str) -> str | None:
-    page = QueryDict(query).get("page") or ""
-    return "huge-page-500" if HUGE_NUMBER.match(page) else None
-
-
 # --- bodies -----------------------------------------------------------------------------------
 
 
@@ -241,7 +207,6 @@ def known_query_bug(query: str) -> str | None:
 @example(body=b'{"title": "\\ud800"}', content_type="application/json")
 @example(body=b"\xef\xbb\xbf{}", content_type="application/json")
 async def test_create(api: AsyncClient, body: bytes, content_type: str) -> None:
-    assume(not skipped(known_bug(body)))
     await check(
         api, "POST", "/api/sessions/", body=body, content_type=content_type, may_change=True
     )
@@ -250,7 +215,6 @@ async def test_create(api: AsyncClient, body: bytes, content_type: str) -> None:
 @settings(max_examples=examples(60))
 @given(body=bodies(rename_bodies), content_type=CONTENT_TYPES)
 async def test_rename(api: AsyncClient, sid: uuid.UUID, body: bytes, content_type: str) -> None:
-    assume(not skipped(known_bug(body)))
     await check(
         api,
         "PATCH",
@@ -268,7 +232,6 @@ async def test_rename(api: AsyncClient, sid: uuid.UUID, body: bytes, content_typ
     content_type="application/json",
 )
 async def test_send(api: AsyncClient, sid: uuid.UUID, body: bytes, content_type: str) -> None:
-    assume(not skipped(known_bug(body)))
     # A valid message starts a real turn: not what this test is about (tests/test_api.py).
     assume(not starts_a_turn(body))
     response = await check(
@@ -297,7 +260,6 @@ async def test_cancel_ignores_any_body(
 @example(query="page_size=101")
 @example(query="page=1&page=x")
 async def test_list_query(api: AsyncClient, query: str) -> None:
-    assume(not skipped(known_query_bug(query)))
     await check(api, "GET", f"/api/sessions/?{query}")
 
 
@@ -360,7 +322,7 @@ async def test_every_api_endpoint_with_input_is_fuzzed() -> None:
     assert api_calls == fuzzed
 
 
-# --- KNOWN BUGS (outside the test files): strict xfails; remove each when it is fixed ------------
+# --- found by the properties above: regression tests ------------------------------------------
 
 
 async def _post(api: AsyncClient, body: bytes) -> HttpResponse:
@@ -370,45 +332,76 @@ async def _post(api: AsyncClient, body: bytes) -> HttpResponse:
     return response
 
 
-@pytest.mark.xfail(strict=True, reason="api._body lets RecursionError through: a 500")
-async def test_known_bug_deeply_nested_body_is_invalid_json(api: AsyncClient) -> None:
+def _error(response: HttpResponse) -> dict[str, Any]:
+    error: dict[str, Any] = json.loads(response.content)["error"]
+    return error
+
+
+async def test_deeply_nested_body_is_invalid_json(api: AsyncClient) -> None:
+    # json.loads raised RecursionError, which the API let through as a 500.
     response = await _post(api, b"[" * 3000)
     assert response.status_code == 400, response.status_code
+    assert _error(response)["code"] == "invalid_json"
 
 
-@pytest.mark.xfail(strict=True, reason="api._body lets int-max-str-digits ValueError through")
-async def test_known_bug_integer_over_4300_digits_is_invalid_json(api: AsyncClient) -> None:
+async def test_integer_over_4300_digits_is_invalid_json(api: AsyncClient, settings: Any) -> None:
+    # int-max-str-digits raised a ValueError that is no JSONDecodeError: a 500.
+    settings.DATA_UPLOAD_MAX_MEMORY_SIZE = 2_621_440  # Django's default
     response = await _post(api, b'{"title": ' + b"1" * 4301 + b"}")
     assert response.status_code == 400, response.status_code
+    assert _error(response)["code"] == "invalid_json"
 
 
-@pytest.mark.xfail(strict=True, reason="SessionListQuery.page unbounded: OFFSET overflow, a 500")
-async def test_known_bug_huge_page_number_is_a_400(api: AsyncClient) -> None:
+async def test_huge_page_number_is_a_400(api: AsyncClient) -> None:
+    # The OFFSET overflowed a database integer: a 500 on SQLite and PostgreSQL.
     response = await api.get("/api/sessions/?page=99999999999999999999")
     assert response.status_code == 400, response.status_code
+    assert _error(response)["details"][0]["field"] == "page"
 
 
-@pytest.mark.xfail(strict=True, reason="views._page_number unbounded: OFFSET overflow, a 500")
-async def test_known_bug_huge_page_number_on_the_home_page(api: AsyncClient) -> None:
-    response = await api.get("/?page=99999999999999999999")
-    assert response.status_code in (200, 400), response.status_code
-
-
-@pytest.mark.xfail(
-    strict=True,
-    reason="NUL accepted by the API: stored on SQLite, 503 store_write_failed on PostgreSQL",
-)
-async def test_known_bug_nul_in_a_title_is_refused(api: AsyncClient) -> None:
-    response = await _post(api, b'{"title": "a\\u0000b"}')
-    assert response.status_code == 400, response.status_code
-
-
-@pytest.mark.xfail(strict=True, reason="api error details list every unknown field: 11x body")
-async def test_known_bug_error_bodies_do_not_amplify_the_request(
-    api: AsyncClient, settings: Any
+async def test_huge_page_number_on_the_home_page_shows_an_empty_page(
+    api: AsyncClient, sid: uuid.UUID
 ) -> None:
+    response = await api.get("/?page=99999999999999999999")
+    assert response.status_code == 200, response.status_code
+    assert b"fuzzed" not in response.content  # the owner's one session is on page 1
+    assert b"fuzzed" in (await api.get("/?page=1")).content
+
+
+@pytest.mark.parametrize(
+    ("method", "path", "body"),
+    [
+        ("POST", "/api/sessions/", b'{"title": "a\\u0000b"}'),
+        ("PATCH", "/api/sessions/{sid}/", b'{"title": "\\u0000"}'),
+        (
+            "POST",
+            "/api/sessions/{sid}/messages/",
+            b'{"content": "a\\u0000", "client_message_id": "n"}',
+        ),
+    ],
+)
+async def test_nul_in_text_is_refused_on_every_database(
+    api: AsyncClient, sid: uuid.UUID, method: str, path: str, body: bytes
+) -> None:
+    # SQLite stored it; PostgreSQL refused the row, a 503 to retry forever.
+    before = await stored()
+    response = await api.generic(
+        method, path.format(sid=sid), data=body, content_type="application/json"
+    )
+    assert response.status_code == 400, response.content
+    error = _error(response)
+    assert error["code"] == "invalid_input"
+    assert "NUL" in error["message"]
+    assert await stored() == before
+
+
+async def test_error_bodies_do_not_amplify_the_request(api: AsyncClient, settings: Any) -> None:
+    # Every unknown field was listed: 216 kB in, 2 MB out, after ~1 s of CPU.
     settings.DATA_UPLOAD_MAX_MEMORY_SIZE = 2_621_440  # Django's default
     body = json.dumps({format(i, "x"): 0 for i in range(20_000)}).encode()
     response = await _post(api, body)
     assert response.status_code == 400
-    assert len(response.content) <= 64 * 1024, f"{len(body)} bytes in, {len(response.content)} out"
+    assert len(response.content) <= 4 * 1024, f"{len(body)} bytes in, {len(response.content)} out"
+    error = _error(response)
+    assert len(error["details"]) == 10
+    assert error["message"].endswith("; and 19990 more")
