@@ -8,6 +8,7 @@ exactly like the one-command embedded setup.
 from __future__ import annotations
 
 import asyncio
+import http.client
 import json
 import sys
 from collections.abc import Callable, Iterator
@@ -100,6 +101,18 @@ def redis_process(port: int, name: str = "redis") -> ManagedProcess:
     return ManagedProcess(command, name=name, ready_port=port)
 
 
+def http_get(address: str, path: str, cookie: str) -> tuple[int, bytes]:
+    """``GET path`` from the server at ``address`` as the cookie's user: status and body."""
+    host, port = address.rsplit(":", 1)
+    connection = http.client.HTTPConnection(host, int(port), timeout=FRAME_TIMEOUT)
+    try:
+        connection.request("GET", path, headers={"Cookie": cookie})
+        response = connection.getresponse()
+        return response.status, response.read()
+    finally:
+        connection.close()
+
+
 def session_cookie(username: str, password: str) -> str:
     """A ``Cookie`` header of a logged-in user (the session lives in the shared database)."""
     client = Client()
@@ -152,7 +165,13 @@ class ResumingClient:
         self.cookie = cookie
         self.view = ClientView()
         self.connections = 0
+        # Frames seen again: after a resume of ours crossed frames on the way (allowed), or
+        # on a connection where we asked only once (a duplicate the server must never send).
         self.repeats = 0
+        self.unasked_repeats = 0
+        self.gaps_repaired = 0  # a seq that skipped ahead, asked again with resume
+        self.snapshots = 0
+        self._asked_again = False  # this connection got a resume after its first one
         self.ws: WsClient | None = None
 
     def move_to(self, address: str) -> None:
@@ -169,9 +188,14 @@ class ResumingClient:
             break
         ws.view = self.view
         self.connections += 1
+        self._asked_again = False
         await ws.send({"type": "resume", "last_seq": self.view.last_seq})
         self.ws = ws
         return ws
+
+    async def _resume_again(self, ws: WsClient) -> None:
+        self._asked_again = True
+        await ws.send({"type": "resume", "last_seq": self.view.last_seq})
 
     async def close(self) -> None:
         if self.ws is not None:
@@ -209,18 +233,21 @@ class ResumingClient:
             frame = json.loads(raw)
             if frame["type"] == "pong":
                 if self.view.last_seq is not None and frame["last_seq"] > self.view.last_seq:
-                    await ws.send({"type": "resume", "last_seq": self.view.last_seq})
+                    await self._resume_again(ws)
                 continue
             ws.frames.append(frame)
+            self.snapshots += frame["type"] == "snapshot"
             if "seq" in frame and frame["type"] != "snapshot" and self.view.last_seq is not None:
                 if frame["seq"] <= self.view.last_seq:
                     # Sent again after one of our resumes crossed frames already on the
                     # way: a client ignores what it has applied, as the protocol says.
                     self.repeats += 1
+                    self.unasked_repeats += not self._asked_again
                     continue
                 if frame["seq"] != self.view.last_seq + 1:
                     # A gap (the server lost its log): ask again, as a real client does.
-                    await ws.send({"type": "resume", "last_seq": self.view.last_seq})
+                    self.gaps_repaired += 1
+                    await self._resume_again(ws)
                     continue
             self.view.apply(frame)
             if match(frame):

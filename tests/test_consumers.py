@@ -178,6 +178,8 @@ async def test_model_errors_become_error_events(
     assert frames[-1]["status"] == "failed"
     stored = await db_messages(session_id)
     assert stored[1][1] == "assistant" and stored[1][3] == "failed"
+    if command == "/error drop":
+        assert len((stored[1][2] or "").split()) == 5  # the words before the drop are kept
     assert socket.view.contents() == stored
 
 
@@ -326,6 +328,34 @@ async def test_resume_with_a_cursor_gets_exactly_the_missed_events(
         json.loads(await late.communicator.receive_from(timeout=FRAME_TIMEOUT)) for _ in expected
     ]
     assert got == expected
+    await late.send({"type": "ping"})
+    assert (await late.next())["type"] == "pong"
+
+
+async def test_cursor_older_than_the_log_gets_a_snapshot_at_the_head(
+    owner: Any, session_id: uuid.UUID, settings: Any
+) -> None:
+    settings.CHAT_EVENT_LOG_SIZE = 8  # the log keeps the last 8 events of the session
+    watcher = await open_socket(owner, session_id)
+    await watcher.send(send_frame("/words 40"))
+    await finish_turn(watcher)
+    await watcher.until_type("title_updated")
+    head = watcher.view.last_seq
+    assert head is not None and head > 20
+    late = await open_socket(owner, session_id, resume=False)
+    # The oldest cursor the log can still serve: exactly the 8 events it holds.
+    await late.send({"type": "resume", "last_seq": head - 8})
+    got = [
+        json.loads(await late.communicator.receive_from(timeout=FRAME_TIMEOUT)) for _ in range(8)
+    ]
+    assert got == watcher.view.events[-8:]
+    # One older: the log cannot say what came after it; a snapshot valid at the head can.
+    await late.send({"type": "resume", "last_seq": head - 9})
+    snapshot = await late.next()
+    assert snapshot["type"] == "snapshot" and snapshot["seq"] == head
+    assert snapshot["running"] is False
+    late.view.apply(snapshot)
+    assert late.view.contents() == watcher.view.contents() == await db_messages(session_id)
     await late.send({"type": "ping"})
     assert (await late.next())["type"] == "pong"
 

@@ -96,6 +96,8 @@ async def test_model_errors(
     assert [f["code"] for f in frames if f["type"] == "error"] == [code]
     stored = await db_messages(session_id)
     assert stored[1][3] == "failed"
+    if command.startswith("/error drop"):
+        assert len((stored[1][2] or "").split()) == 5  # the words before the drop are kept
     assert ws.view.contents() == stored
 
 

@@ -7,19 +7,36 @@ PostgreSQL + Redis pass. In a module of their own: no other server may share the
 
 from __future__ import annotations
 
+import uuid
 from typing import Any
 
 import pytest
+import redis
 from channels.db import database_sync_to_async
 from django.conf import settings
 
+from sessions_app import session_cache
 from sessions_app.models import Operation
 from tests.e2e import FAST_LEASES, db_view, is_final, new_session
 from tests.processes import free_port
-from tests.servers import ResumingClient, daphne, daphne_process, redis_process, worker_process
+from tests.servers import (
+    ResumingClient,
+    daphne,
+    daphne_process,
+    http_get,
+    redis_process,
+    worker_process,
+)
 from tests.wsclient import send_frame
 
 pytestmark = [pytest.mark.django_db(transaction=True), pytest.mark.asyncio]
+
+
+def cached_message_count(redis_url: str, session_id: uuid.UUID) -> int:
+    """How many of the session's messages a server holds in the cache at ``redis_url``."""
+    pattern = f"*{session_cache.message_key(session_id, 0)[:-1]}*"  # any sequence
+    with redis.Redis.from_url(redis_url) as client:
+        return sum(1 for _ in client.scan_iter(match=pattern))
 
 
 @pytest.mark.postgres
@@ -43,7 +60,12 @@ async def test_server_killed_client_resumes_on_another(
         client.move_to(second)
         await client.until(is_final)
         await client.until(lambda f: f["type"] == "turn_finished")
-        assert client.view.gaps == []
+        # Process 2 served the cursor from the shared replay log: one snapshot (the first
+        # connect's), no event skipped, none sent twice, and every seq once in order.
+        assert client.snapshots == 1
+        assert client.gaps_repaired == 0 and client.unasked_repeats == 0
+        seqs = [e["seq"] for e in client.view.events]
+        assert seqs == list(range(seqs[0], seqs[0] + len(seqs)))
         assert client.view.contents() == await db_view(session_id)
         assert any(e["type"] == "operation_completed" for e in client.view.events)
 
@@ -108,8 +130,13 @@ async def test_redis_restarted_mid_turn(owner: Any, cookie: str) -> None:
             stored = await db_view(session_id)
             assert stored[1][3] == "complete" and len((stored[1][2] or "").split()) == 200
             assert client.view.contents() == stored
-            # The cache recovers: the next turn streams and is cached again.
-            await client.ws.send(send_frame("/words 5")) if client.ws else None
+            # The cache recovers: the next turn streams, and the session is cached again.
+            ws = client.ws or await client.connect()
+            await ws.send(send_frame("/words 5"))
             await client.until(lambda f: f["type"] == "turn_finished")
             assert client.view.contents() == await db_view(session_id)
+            # Read back through the server (it refills what the restart lost), then count.
+            status, _ = http_get(address, f"/api/sessions/{session_id}/", cookie)
+            assert status == 200
+            assert cached_message_count(redis_url, session_id) == len(client.view.messages)
     assert redis_url != settings.REDIS_URL  # the suite's own Redis was never touched

@@ -95,8 +95,11 @@ valid_frames: st.SearchStrategy[dict[str, Any]] = st.one_of(
     st.fixed_dictionaries(
         {
             "type": st.just("send"),
-            "content": st.text(min_size=1, max_size=80)
-            | edge_text.filter(lambda s: bool(s) and is_unicode(s)),
+            # Valid: no U+0000 (refused, docs/protocol.md); the mutations still send it.
+            "content": (
+                st.text(min_size=1, max_size=80)
+                | edge_text.filter(lambda s: bool(s) and is_unicode(s))
+            ).filter(lambda s: "\x00" not in s),
             "client_message_id": client_message_ids,
         }
     ),
