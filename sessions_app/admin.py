@@ -356,4 +356,5 @@ class OperationAdmin(_OperationAdmin):
             if outcome is not None:
                 failed += 1
                 operations.publish_outcome_sync(*outcome)
+                operations.operation_follow_up(outcome[0])
         self.message_user(request, f"Failed {failed} unfinished operation(s).", messages.SUCCESS)

@@ -458,6 +458,7 @@ async def publish_recovery(action: str, op: Operation, message: ChatMessageData 
         )
     elif action == "failed":
         await publish_outcome(op, message)
+        operation_follow_up(op)
 
 
 # --- the task ------------------------------------------------------------------------------
@@ -559,6 +560,15 @@ class _OperationRun:
         await publish_outcome(done, message)
         await _continue_conversation(done)
         return done.status
+
+
+def operation_follow_up(op: Operation) -> None:
+    """Tell the model how an operation ended outside its run (the sweep, staff) in a
+    follow-up turn, as background work of this process. Where there is none (a management
+    command), the model reads the outcome in the history of the user's next message."""
+    name = f"follow-up of operation {op.id}"
+    if not runtime.background(lambda: _continue_conversation(op), name):
+        logger.info("no follow-up turn for operation %s: no background work here", op.id)
 
 
 async def _continue_conversation(op: Operation) -> None:

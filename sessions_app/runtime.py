@@ -26,7 +26,7 @@ import signal
 import socket
 import threading
 import uuid
-from collections.abc import Callable
+from collections.abc import Callable, Coroutine
 from types import FrameType
 from typing import Any
 
@@ -97,6 +97,19 @@ def _spawn(coro: Any, name: str) -> None:
     task = asyncio.get_running_loop().create_task(coro, name=name, context=contextvars.Context())
     _tasks.add(task)
     task.add_done_callback(_tasks.discard)
+
+
+def background(make: Callable[[], Coroutine[Any, Any, Any]], name: str) -> bool:
+    """Run ``make()`` as background work of this process (from any thread), on the loop
+    its sweep runs on. False when this process has none started (a management command)."""
+    loop = _home
+    if loop is None or loop.is_closed():
+        return False
+    try:
+        loop.call_soon_threadsafe(lambda: _spawn(make(), name))
+    except RuntimeError:  # the loop closed in between
+        return False
+    return True
 
 
 def worker_wake() -> None:

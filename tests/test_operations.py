@@ -206,6 +206,11 @@ async def test_stale_unsafe_operation_fails_with_a_clear_error(owner: Any) -> No
     assert socket.view.messages[3]["status"] == "failed"
     op = await database_sync_to_async(Operation.objects.get)(pk=op_id)
     assert (op.status, op.attempts) == ("failed", 1)
+    # The model is told, as after an operation that ended in its run: a follow-up turn.
+    await socket.until(lambda f: f["type"] == "turn_finished" and f["status"] == "completed")
+    stored = await db_messages(session_id)
+    assert [(role, status) for _, role, _, status in stored[3:]] == [("assistant", "complete")]
+    assert socket.view.contents() == stored
 
 
 async def test_retry_safe_operation_gives_up_after_max_attempts(owner: Any, settings: Any) -> None:
