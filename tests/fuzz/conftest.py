@@ -10,8 +10,15 @@
 from __future__ import annotations
 
 import os
+import uuid
+from typing import Any
 
+import pytest
+from channels.db import database_sync_to_async
 from hypothesis import HealthCheck, settings
+
+from sessions_app import store
+from sessions_app.schemas import ChatMessageData
 
 _COMMON = {
     "database": None,
@@ -30,3 +37,17 @@ _COMMON = {
 settings.register_profile("ci", derandomize=True, **_COMMON)  # type: ignore[arg-type]
 settings.register_profile("dev", derandomize=False, **_COMMON)  # type: ignore[arg-type]
 settings.load_profile(os.environ.get("HYPOTHESIS_PROFILE", "ci"))
+
+
+@pytest.fixture
+async def fuzzed_session(owner: Any) -> uuid.UUID:
+    """The owner's session the fuzzers aim at: a title and two messages to leave unchanged."""
+    state = await database_sync_to_async(store.session_create)(
+        owner_id=owner.pk,
+        title="fuzzed",
+        messages=[
+            ChatMessageData(role="user", content="before", client_message_id="c-0"),
+            ChatMessageData(role="assistant", content="unchanged"),
+        ],
+    )
+    return state.id

@@ -23,9 +23,8 @@ from django.test import AsyncClient
 from hypothesis import assume, example, given, settings
 from hypothesis import strategies as st
 
-from sessions_app import store
 from sessions_app.models import ChatMessage, ChatSession, Operation
-from sessions_app.schemas import ChatMessageData, MessageSendIn
+from sessions_app.schemas import MessageSendIn
 from tests.fuzz.strategies import (
     client_message_ids,
     dumps,
@@ -72,19 +71,6 @@ async def api(owner: Any) -> AsyncClient:
     client = AsyncClient(raise_request_exception=False)  # a crash is a 500 to assert on
     await client.aforce_login(owner)
     return client
-
-
-@pytest.fixture
-async def sid(owner: Any) -> uuid.UUID:
-    state = await database_sync_to_async(store.session_create)(
-        owner_id=owner.pk,
-        title="fuzzed",
-        messages=[
-            ChatMessageData(role="user", content="before", client_message_id="c-0"),
-            ChatMessageData(role="assistant", content="unchanged"),
-        ],
-    )
-    return state.id
 
 
 async def stored() -> tuple[list[Any], ...]:
@@ -214,11 +200,13 @@ async def test_create(api: AsyncClient, body: bytes, content_type: str) -> None:
 
 @settings(max_examples=examples(60))
 @given(body=bodies(rename_bodies), content_type=CONTENT_TYPES)
-async def test_rename(api: AsyncClient, sid: uuid.UUID, body: bytes, content_type: str) -> None:
+async def test_rename(
+    api: AsyncClient, fuzzed_session: uuid.UUID, body: bytes, content_type: str
+) -> None:
     await check(
         api,
         "PATCH",
-        f"/api/sessions/{sid}/",
+        f"/api/sessions/{fuzzed_session}/",
         body=body,
         content_type=content_type,
         may_change=True,
@@ -231,11 +219,17 @@ async def test_rename(api: AsyncClient, sid: uuid.UUID, body: bytes, content_typ
     body=b'{"content": "' + b"y" * (MESSAGE_MAX_CHARS + 1) + b'", "client_message_id": "a"}',
     content_type="application/json",
 )
-async def test_send(api: AsyncClient, sid: uuid.UUID, body: bytes, content_type: str) -> None:
+async def test_send(
+    api: AsyncClient, fuzzed_session: uuid.UUID, body: bytes, content_type: str
+) -> None:
     # A valid message starts a real turn: not what this test is about (tests/test_api.py).
     assume(not starts_a_turn(body))
     response = await check(
-        api, "POST", f"/api/sessions/{sid}/messages/", body=body, content_type=content_type
+        api,
+        "POST",
+        f"/api/sessions/{fuzzed_session}/messages/",
+        body=body,
+        content_type=content_type,
     )
     assert response.status_code >= 400
 
@@ -243,10 +237,10 @@ async def test_send(api: AsyncClient, sid: uuid.UUID, body: bytes, content_type:
 @settings(max_examples=examples(30))
 @given(body=bodies(st.just({})), content_type=CONTENT_TYPES)
 async def test_cancel_ignores_any_body(
-    api: AsyncClient, sid: uuid.UUID, body: bytes, content_type: str
+    api: AsyncClient, fuzzed_session: uuid.UUID, body: bytes, content_type: str
 ) -> None:
     response = await check(
-        api, "POST", f"/api/sessions/{sid}/cancel/", body=body, content_type=content_type
+        api, "POST", f"/api/sessions/{fuzzed_session}/cancel/", body=body, content_type=content_type
     )
     assert response.status_code in (202, 413)
 
@@ -267,8 +261,8 @@ async def test_list_query(api: AsyncClient, query: str) -> None:
 @given(query=queries)
 @example(query="after=99999999999999999999999999")
 @example(query="after=-1")
-async def test_events_query(api: AsyncClient, sid: uuid.UUID, query: str) -> None:
-    response = await check(api, "GET", f"/api/sessions/{sid}/events/?{query}")
+async def test_events_query(api: AsyncClient, fuzzed_session: uuid.UUID, query: str) -> None:
+    response = await check(api, "GET", f"/api/sessions/{fuzzed_session}/events/?{query}")
     if response.status_code == 200:
         assert set(json.loads(response.content)) in ({"events"}, {"snapshot"})
 
@@ -291,7 +285,7 @@ SCOPED = [
 @example(session="../..", where=("DELETE", "{}/"))
 @example(session="%00", where=("GET", "{}/"))
 async def test_random_session_ids_are_missing_sessions(
-    api: AsyncClient, sid: uuid.UUID, session: str, where: tuple[str, str]
+    api: AsyncClient, fuzzed_session: uuid.UUID, session: str, where: tuple[str, str]
 ) -> None:
     method, suffix = where
     body = encode({"title": "x", "content": "x", "client_message_id": "x"}, True)
@@ -360,7 +354,7 @@ async def test_huge_page_number_is_a_400(api: AsyncClient) -> None:
 
 
 async def test_huge_page_number_on_the_home_page_shows_an_empty_page(
-    api: AsyncClient, sid: uuid.UUID
+    api: AsyncClient, fuzzed_session: uuid.UUID
 ) -> None:
     response = await api.get("/?page=99999999999999999999")
     assert response.status_code == 200, response.status_code
@@ -372,21 +366,24 @@ async def test_huge_page_number_on_the_home_page_shows_an_empty_page(
     ("method", "path", "body"),
     [
         ("POST", "/api/sessions/", b'{"title": "a\\u0000b"}'),
-        ("PATCH", "/api/sessions/{sid}/", b'{"title": "\\u0000"}'),
+        ("PATCH", "/api/sessions/{fuzzed_session}/", b'{"title": "\\u0000"}'),
         (
             "POST",
-            "/api/sessions/{sid}/messages/",
+            "/api/sessions/{fuzzed_session}/messages/",
             b'{"content": "a\\u0000", "client_message_id": "n"}',
         ),
     ],
 )
 async def test_nul_in_text_is_refused_on_every_database(
-    api: AsyncClient, sid: uuid.UUID, method: str, path: str, body: bytes
+    api: AsyncClient, fuzzed_session: uuid.UUID, method: str, path: str, body: bytes
 ) -> None:
     # SQLite stored it; PostgreSQL refused the row, a 503 to retry forever.
     before = await stored()
     response = await api.generic(
-        method, path.format(sid=sid), data=body, content_type="application/json"
+        method,
+        path.format(fuzzed_session=fuzzed_session),
+        data=body,
+        content_type="application/json",
     )
     assert response.status_code == 400, response.content
     error = _error(response)

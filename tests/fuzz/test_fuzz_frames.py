@@ -20,9 +20,8 @@ from channels.db import database_sync_to_async
 from hypothesis import example, given, settings
 from hypothesis import strategies as st
 
-from sessions_app import events, store
+from sessions_app import events
 from sessions_app.models import ChatMessage, ChatSession
-from sessions_app.schemas import ChatMessageData
 from tests.chat_fixtures import open_socket
 from tests.fuzz.oracle import PARSER_CODES, check_frame, expected_code
 from tests.fuzz.strategies import (
@@ -179,19 +178,6 @@ def _consumer_settings(settings: Any) -> None:
     settings.CHAT_USER_MAX_SOCKETS = 100_000
     settings.CHAT_MESSAGE_MAX_CHARS = MESSAGE_MAX_CHARS
     settings.CHAT_WS_MAX_FRAME_BYTES = MAX_BYTES
-
-
-@pytest.fixture
-async def fuzzed_session(owner: Any) -> uuid.UUID:
-    state = await database_sync_to_async(store.session_create)(
-        owner_id=owner.pk,
-        title="fuzzed",
-        messages=[
-            ChatMessageData(role="user", content="before", client_message_id="c-0"),
-            ChatMessageData(role="assistant", content="unchanged"),
-        ],
-    )
-    return state.id
 
 
 async def stored() -> tuple[list[dict[str, Any]], list[dict[str, Any]]]:
