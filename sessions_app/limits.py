@@ -21,12 +21,10 @@ guard against abuse, and an outage of Redis must not take the chat down with it.
 
 from __future__ import annotations
 
-import asyncio
 import logging
 import math
 import time
 import uuid
-import weakref
 
 from django.conf import settings
 from limits import RateLimitItem, RateLimitItemPerMinute, RateLimitItemPerSecond
@@ -34,6 +32,7 @@ from limits.aio.storage import MemoryStorage, RedisStorage, Storage
 from limits.aio.strategies import MovingWindowRateLimiter
 
 from sessions_app.errors import LimitExceeded
+from sessions_app.loop_local import LoopLocal
 from sessions_app.redis_clients import redis_client
 
 logger = logging.getLogger(__name__)
@@ -43,15 +42,13 @@ SOCKET_TTL_SECONDS = 60.0
 
 # --- rates ----------------------------------------------------------------------------------
 
-_limiters: weakref.WeakKeyDictionary[
-    asyncio.AbstractEventLoop, dict[bool, MovingWindowRateLimiter]
-] = weakref.WeakKeyDictionary()
+_limiters: LoopLocal[dict[bool, MovingWindowRateLimiter]] = LoopLocal()
 
 
 def _limiter(*, shared: bool) -> MovingWindowRateLimiter:
     """The running loop's limiter: in Redis when ``shared`` and configured, else in memory.
     Per loop, since the storages' connections and locks belong to one loop."""
-    per_loop = _limiters.setdefault(asyncio.get_running_loop(), {})
+    per_loop = _limiters.get(dict)
     limiter = per_loop.get(shared)
     if limiter is None:
         storage: Storage

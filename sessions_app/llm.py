@@ -10,7 +10,6 @@ from __future__ import annotations
 import asyncio
 import json
 import logging
-import weakref
 from collections.abc import AsyncIterator
 from dataclasses import dataclass, field
 from typing import Any
@@ -21,6 +20,7 @@ from django.core.signals import setting_changed
 from openai import AsyncOpenAI
 
 from chatproject.redaction import redact
+from sessions_app.loop_local import LoopLocal
 from sessions_app.schemas import Usage
 
 logger = logging.getLogger(__name__)
@@ -51,23 +51,18 @@ def model_info() -> ModelInfo:
 
 
 # One client per event loop: the SDK's connection pool belongs to the loop that made it.
-_clients: weakref.WeakKeyDictionary[asyncio.AbstractEventLoop, AsyncOpenAI] = (
-    weakref.WeakKeyDictionary()
-)
+_clients: LoopLocal[AsyncOpenAI] = LoopLocal()
 
 
 def _client() -> AsyncOpenAI:
-    loop = asyncio.get_running_loop()
-    client = _clients.get(loop)
-    if client is None:
-        client = AsyncOpenAI(
+    return _clients.get(
+        lambda: AsyncOpenAI(
             base_url=settings.CHAT_MODEL_BASE_URL,
             api_key=settings.OPENAI_API_KEY,
             timeout=float(settings.CHAT_MODEL_TIMEOUT),
             max_retries=settings.CHAT_MODEL_MAX_RETRIES,
         )
-        _clients[loop] = client
-    return client
+    )
 
 
 def _forget_clients(*, setting: str, **kwargs: Any) -> None:

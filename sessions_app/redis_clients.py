@@ -2,19 +2,16 @@
 
 from __future__ import annotations
 
-import asyncio
-import weakref
-
 from redis import asyncio as aioredis
 
-_clients: weakref.WeakKeyDictionary[asyncio.AbstractEventLoop, dict[str, aioredis.Redis]] = (
-    weakref.WeakKeyDictionary()
-)
+from sessions_app.loop_local import LoopLocal
+
+_clients: LoopLocal[dict[str, aioredis.Redis]] = LoopLocal()
 
 
 def redis_client(url: str) -> aioredis.Redis:
     """The running loop's client for ``url``: short timeouts, so a dead Redis fails fast."""
-    per_loop = _clients.setdefault(asyncio.get_running_loop(), {})
+    per_loop = _clients.get(dict)
     client = per_loop.get(url)
     if client is None:
         client = aioredis.Redis.from_url(
