@@ -11,8 +11,10 @@ What it does, with nothing invented:
    database, migrates it and creates the demo user (``ensure_demo_user``);
 2. starts ``daphne chatproject.asgi:application`` on a free port of 127.0.0.1, with
    ``LOCAL_MODEL_URL`` pointing at the local scripted model mounted in that same server and
-   ``LOCAL_MODEL_WORD_DELAY_MS=20``; nothing else is configured, so the embedded defaults
-   apply (in-memory channel layer and replay log, 5000 events per session);
+   ``LOCAL_MODEL_WORD_DELAY_MS=20``, and ``CHAT_EXTRA_TOOLS`` offering the test-only tool
+   ``slow_steps`` (``tests/tools_for_tests.py``: an ordinary tool that reports progress, as no
+   built-in one does); nothing else is configured, so the embedded defaults apply (in-memory
+   channel layer and replay log, 5000 events per session);
 3. logs in over HTTP (the login form, its CSRF token, the ``sessionid`` cookie) and creates
    sessions with ``POST /api/sessions/``;
 4. talks to ``/ws/sessions/<id>/`` with the ``websockets`` client, sending the session cookie
@@ -54,6 +56,9 @@ ROOT = Path(__file__).resolve().parent.parent
 HOST = "127.0.0.1"
 USERNAME = "demo"
 PASSWORD = "capture-frames-password"
+# Ordinary tools run inside the turn and report progress as tool_progress; the built-in ones
+# that report progress (draft_document, timer) are long-running (operation_in_progress).
+EXTRA_TOOLS = "tests.tools_for_tests.SlowSteps"
 FRAME_TIMEOUT = 60.0
 STARTUP_TIMEOUT = 60.0
 Frame = dict[str, Any]
@@ -89,6 +94,7 @@ def server_env(workdir: Path, port: int) -> dict[str, str]:
         DATABASE_URL=f"sqlite:///{workdir / 'db.sqlite3'}",
         LOCAL_MODEL_URL=f"http://{HOST}:{port}/local-model/v1",
         LOCAL_MODEL_WORD_DELAY_MS="20",
+        CHAT_EXTRA_TOOLS=EXTRA_TOOLS,
         CHATPROJECT_DEMO_PASSWORD=PASSWORD,
         CHAT_LOG_LEVEL="WARNING",
     )
@@ -357,6 +363,21 @@ async def scenario_main_session(client: Client, http: Http) -> None:
         await ws.next()
 
 
+async def scenario_cancel_pending_tool(client: Client, http: Http) -> None:
+    """An ordinary tool reports progress; the turn is cancelled while it still runs."""
+    sid = http.session_create()
+    async with client.socket("cancel_pending_tool", sid) as ws:
+        await ws.next()  # hello
+        await ws.send({"type": "resume", "last_seq": None})
+        await ws.until_type("snapshot")
+        # 20 steps of half a second: the cancel comes long before the tool would finish.
+        await ws.send(send_frame('/tool slow_steps {"steps": 20, "seconds": 0.5}', "c-steps-1"))
+        await ws.until_type("tool_progress")
+        await ws.until_type("tool_progress")
+        await ws.send({"type": "cancel"})
+        await ws.until_type("turn_finished")
+
+
 async def scenario_resume(client: Client, http: Http) -> None:
     """Snapshots mid-stream and after, resume with a cursor, and the implied resume."""
     sid = http.session_create()
@@ -441,6 +462,7 @@ async def capture(port: int) -> dict[str, Transcript]:
     await asyncio.to_thread(http.login)
     client = Client(port, f"sessionid={http.cookie('sessionid')}")
     await scenario_main_session(client, http)
+    await scenario_cancel_pending_tool(client, http)
     await scenario_resume(client, http)
     await scenario_close_codes(client, http)
     return client.scenarios

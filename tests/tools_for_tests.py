@@ -1,4 +1,5 @@
-"""Tools that only tests offer to the model (through CHAT_EXTRA_TOOLS)."""
+"""Tools that only tests (and bench/capture_frames.py) offer to the model, through
+CHAT_EXTRA_TOOLS."""
 
 from __future__ import annotations
 
@@ -28,3 +29,25 @@ class SlowSideEffect(BaseTool):
         await context.progress(0.0, "started")
         await asyncio.sleep(arguments.seconds)
         return "done once"
+
+
+class StepsArguments(BaseModel):
+    model_config = ConfigDict(extra="forbid")
+
+    steps: int = Field(ge=1, le=100)
+    seconds: float = Field(default=0.5, gt=0, le=10, description="The length of each step.")
+
+
+class SlowSteps(BaseTool):
+    """Ordinary (runs inside the turn, not as an operation), reporting progress at each step:
+    its progress arrives as ``tool_progress`` events, which no built-in tool sends."""
+
+    name = "slow_steps"
+    description = "Works through a number of steps slowly, reporting progress at each."
+    Arguments = StepsArguments
+
+    async def run(self, arguments: StepsArguments, context: ToolContext) -> str:
+        for done in range(arguments.steps):
+            await context.progress(done / arguments.steps, f"Step {done + 1} of {arguments.steps}")
+            await asyncio.sleep(arguments.seconds)
+        return f"Finished {arguments.steps} step(s)"
