@@ -21,7 +21,7 @@ from openai import AsyncOpenAI
 
 from chatproject.redaction import redact
 from sessions_app.loop_local import LoopLocal
-from sessions_app.schemas import Usage
+from sessions_app.schemas import Usage, storable_text
 
 logger = logging.getLogger(__name__)
 
@@ -215,14 +215,14 @@ async def stream_chat(
                     continue
                 delta = choice.delta
                 if delta.content:
-                    yield TextDelta(delta.content)
+                    yield TextDelta(storable_text(delta.content))
                 for call_delta in delta.tool_calls or []:
                     partial = calls.setdefault(call_delta.index, _PartialCall())
-                    partial.id = partial.id or (call_delta.id or "")
+                    partial.id = partial.id or storable_text(call_delta.id or "")
                     if call_delta.function is not None:
-                        partial.name = partial.name or (call_delta.function.name or "")
+                        partial.name = partial.name or storable_text(call_delta.function.name or "")
                         if call_delta.function.arguments:
-                            partial.arguments.append(call_delta.function.arguments)
+                            partial.arguments.append(storable_text(call_delta.function.arguments))
                 if choice.finish_reason:
                     finish_reason = choice.finish_reason
     except asyncio.CancelledError:
@@ -273,7 +273,7 @@ async def complete_text(*, messages: list[dict[str, Any]]) -> tuple[str, Usage |
             completion_tokens=response.usage.completion_tokens or 0,
         )
     text = response.choices[0].message.content if response.choices else None
-    return text or "", usage
+    return storable_text(text or ""), usage
 
 
 def arguments_preview(arguments: str) -> Any:

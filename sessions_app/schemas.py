@@ -27,6 +27,12 @@ def _without_nul(text: str) -> str:
     return text
 
 
+def storable_text(text: str) -> str:
+    """``text`` with U+0000 replaced by U+FFFD, for what a model or a tool produced: it is
+    stored as it came, and PostgreSQL text (and JSON) cannot hold U+0000."""
+    return text.replace("\x00", "\ufffd") if "\x00" in text else text
+
+
 Title = Annotated[
     str, StringConstraints(strip_whitespace=True, max_length=200), AfterValidator(_without_nul)
 ]

@@ -75,6 +75,21 @@ async def test_tool_round_trip(owner: Any, session_id: uuid.UUID) -> None:
     await socket.close()
 
 
+async def test_a_tool_result_holding_nul_is_stored_on_every_database(
+    owner: Any, session_id: uuid.UUID, settings: Any
+) -> None:
+    # PostgreSQL text cannot hold U+0000: stored as U+FFFD, the turn completes.
+    settings.CHAT_TOOLS = [*settings.CHAT_TOOLS, "tests.tools_for_tests.NulText"]
+    socket = await open_socket(owner, session_id)
+    await socket.send(send_frame("/tool nul_text {}"))
+    frames = await finish_turn(socket)
+    assert frames[-1]["status"] == "completed"
+    stored = await db_messages(session_id)
+    assert stored[2][1:] == ("tool", "before\ufffdafter", "complete")
+    assert "before\ufffdafter" in (stored[3][2] or "")  # the model quotes it back
+    assert socket.view.contents() == stored
+
+
 async def test_parallel_tool_calls_run_together(owner: Any, session_id: uuid.UUID) -> None:
     socket = await open_socket(owner, session_id)
     content = '/tool calculator {"expression": "1+1"}\n/tool current_time {"timezone": "UTC"}'

@@ -51,3 +51,18 @@ class SlowSteps(BaseTool):
             await context.progress(done / arguments.steps, f"Step {done + 1} of {arguments.steps}")
             await asyncio.sleep(arguments.seconds)
         return f"Finished {arguments.steps} step(s)"
+
+
+class NoArguments(BaseModel):
+    model_config = ConfigDict(extra="forbid")
+
+
+class NulText(BaseTool):
+    """Returns text holding U+0000, as a tool reading binary data might."""
+
+    name = "nul_text"
+    description = "Returns a text with a NUL character in it."
+    Arguments = NoArguments
+
+    async def run(self, arguments: NoArguments, context: ToolContext) -> str:
+        return "before\x00after"

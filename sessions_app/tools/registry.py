@@ -20,6 +20,7 @@ from django.dispatch import receiver
 from django.utils.module_loading import import_string
 from pydantic import BaseModel, ValidationError
 
+from sessions_app.schemas import storable_text
 from sessions_app.tools.base import BaseTool, ToolContext, ToolError
 
 logger = logging.getLogger(__name__)
@@ -159,12 +160,14 @@ def _validation_summary(exc: ValidationError) -> str:
 
 
 def _clip(text: str, limit: int) -> str:
+    text = storable_text(text)
     return text if len(text) <= limit else text[: limit - 1] + "…"
 
 
 def _truncate_result(content: str) -> str:
     """Keep the first part of an oversized result, marked, within the configured maximum."""
     limit: int = settings.CHAT_TOOL_RESULT_MAX_CHARS
+    content = storable_text(content)
     if len(content) <= limit:
         return content
     marker = f"\n\n[truncated: the tool returned {len(content)} characters, shown up to {limit}]"
