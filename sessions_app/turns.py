@@ -324,15 +324,17 @@ async def _run(turn: _Turn) -> None:
     finally:
         for helper in helpers:
             helper.cancel()
+        # The session is free before turn_finished says so: a client that sends the moment
+        # it sees turn_finished must not be told that a turn is in progress.
         try:
-            await runner.publish(
-                "turn_finished", status=status, turn_usage=runner.usage.model_dump()
-            )
-            await events.event_floor_save(turn.session_id, runner.last_seq)
             await _release(turn)
+        except Exception:
+            logger.warning("could not release turn %s; its lease expires", turn.turn_id)
         finally:
             if _running.get(turn.session_id) is turn:
                 del _running[turn.session_id]
+        await runner.publish("turn_finished", status=status, turn_usage=runner.usage.model_dump())
+        await events.event_floor_save(turn.session_id, runner.last_seq)
     if status == "completed":
         _spawn(_make_title(turn.session_id))
 
