@@ -125,14 +125,17 @@ class TurnRunner:
         end: llm.StreamEnd | None = None
         async for item in llm.stream_chat(messages=messages, tools=tools or None):
             if isinstance(item, llm.TextDelta):
+                # Kept before it is sent: a cancel that lands while the event is on its way
+                # (already in the log) must not leave the stored answer shorter than it.
+                offset = step.length
+                step.text.append(item.text)
+                step.length += len(item.text)
                 await self.publish(
                     "text_delta",
                     message_sequence=placeholder.sequence,
-                    offset=step.length,
+                    offset=offset,
                     text=item.text,
                 )
-                step.text.append(item.text)
-                step.length += len(item.text)
                 await self.checkpoint_if_due(step)
             elif isinstance(item, llm.ToolCallRequest):
                 await self.publish(

@@ -170,6 +170,36 @@ async def test_closing_the_socket_does_not_stop_the_turn(owner: Any, session_id:
 # --- model errors -----------------------------------------------------------------------------
 
 
+async def test_a_cancel_landing_while_a_delta_is_published_keeps_that_delta(
+    owner: Any, session_id: uuid.UUID, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """The 5th text_delta is in the log when the cancel lands: it is in the stored answer."""
+    from sessions_app import turn_steps
+
+    real_publish = turn_steps.events.event_publish
+    deltas = {"n": 0}
+
+    async def cancel_in_flight(sid: uuid.UUID, event_type: str, **fields: Any) -> Any:
+        event = await real_publish(sid, event_type, **fields)
+        if event_type == "text_delta":
+            deltas["n"] += 1
+            if deltas["n"] == 5:
+                turns.turn_cancel(sid)
+                await asyncio.sleep(0)  # the cancel arrives here, inside the publish
+        return event
+
+    monkeypatch.setattr(turn_steps.events, "event_publish", cancel_in_flight)
+    socket = await open_socket(owner, session_id)
+    await socket.send(send_frame("/words 40"))
+    frames = await finish_turn(socket)
+    assert frames[-1]["status"] == "cancelled"
+    sent = "".join(f["text"] for f in frames if f["type"] == "text_delta")
+    stored = await db_messages(session_id)
+    assert stored[1][2:] == (sent, "interrupted")
+    assert len(sent.split()) == 5
+    assert socket.view.contents() == stored
+
+
 @pytest.mark.parametrize(
     ("command", "code"),
     [
