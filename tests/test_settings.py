@@ -25,6 +25,7 @@ print(json.dumps({
     "layer": settings.CHANNEL_LAYERS["default"]["BACKEND"],
     "hosts": settings.CHANNEL_LAYERS["default"].get("CONFIG", {}).get("hosts"),
     "ttl": settings.CHAT_CACHE_TTL,
+    "pool": settings.DATABASES["default"].get("OPTIONS", {}).get("pool"),
 }))
 """
 
@@ -62,6 +63,16 @@ def test_urls_switch_to_postgres_and_redis() -> None:
     # The channel layer's blocking reads must not inherit redis-py's 5 s socket timeout.
     assert shown["hosts"] == [{"address": "redis://cache.internal:6380/2", "socket_timeout": None}]
     assert shown["ttl"] == 600
+    # Connections come from a pool: set-up is paid once, not per database call.
+    assert shown["pool"] == {"min_size": 1, "max_size": 4, "timeout": 10}
+
+
+def test_the_database_pool_is_sized_or_turned_off() -> None:
+    url = "postgres://app@db.internal:5433/chat"
+    shown = json.loads(run_settings(DATABASE_URL=url, DATABASE_POOL_MAX_SIZE="12").stdout)
+    assert shown["pool"]["max_size"] == 12
+    shown = json.loads(run_settings(DATABASE_URL=url, DATABASE_POOL_MAX_SIZE="0").stdout)
+    assert shown["pool"] is None
 
 
 @pytest.mark.parametrize(
@@ -76,6 +87,7 @@ def test_urls_switch_to_postgres_and_redis() -> None:
         ("REDIS_URL", "redis://localhost:6379/zero"),
         ("CHAT_CACHE_TTL", "a day"),
         ("CHAT_CACHE_TTL", "0"),
+        ("DATABASE_POOL_MAX_SIZE", "-1"),
         ("DJANGO_DEBUG", "maybe"),
     ],
 )

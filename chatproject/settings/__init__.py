@@ -115,7 +115,11 @@ TEMPLATES = [
 # --- Database -------------------------------------------------------------------------
 VAR_DIR.mkdir(exist_ok=True)
 DATABASES: dict[str, dict[str, Any]] = {
-    "default": database_from_env("DATABASE_URL", default_sqlite_path=str(VAR_DIR / "db.sqlite3")),
+    "default": database_from_env(
+        "DATABASE_URL",
+        default_sqlite_path=str(VAR_DIR / "db.sqlite3"),
+        pool_max_size=env_int("DATABASE_POOL_MAX_SIZE", default=4),
+    ),
 }
 DEFAULT_AUTO_FIELD = "django.db.models.BigAutoField"
 

@@ -104,8 +104,13 @@ def sqlite_database(path: str) -> dict[str, Any]:
     }
 
 
-def database_from_env(name: str, *, default_sqlite_path: str) -> dict[str, Any]:
-    """Django ``DATABASES['default']`` from ``name`` (a URL), or an SQLite file when unset."""
+def database_from_env(
+    name: str, *, default_sqlite_path: str, pool_max_size: int = 0
+) -> dict[str, Any]:
+    """Django ``DATABASES['default']`` from ``name`` (a URL), or an SQLite file when unset.
+
+    PostgreSQL connections come from a pool of at most ``pool_max_size`` per process
+    (Django's psycopg pool); 0 opens and closes a connection for each batch of work."""
     value = _raw(name)
     if not value:
         config = sqlite_database(default_sqlite_path)
@@ -129,6 +134,11 @@ def database_from_env(name: str, *, default_sqlite_path: str) -> dict[str, Any]:
         raise ImproperlyConfigured(f"{name} must name a database, e.g. postgres://host/dbname")
     if scheme == "sqlite":
         return sqlite_database(str(config["NAME"]))
+    if pool_max_size:
+        # A connection goes back to the pool where it would have been closed (at the end of
+        # each database_sync_to_async call and request): set-up is paid once, not per call.
+        pool = {"min_size": 1, "max_size": pool_max_size, "timeout": 10}
+        config["OPTIONS"] = {**config.get("OPTIONS", {}), "pool": pool}
     return config
 
 
