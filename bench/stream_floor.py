@@ -18,6 +18,8 @@ from __future__ import annotations
 import asyncio
 import json
 import os
+import sys
+import traceback
 from typing import Any
 
 from openai import AsyncOpenAI
@@ -52,6 +54,14 @@ class Socket:
         await self.send({"type": "websocket.send", "text": json.dumps(frame)})
 
     async def run_turn(self, content: str) -> None:
+        try:
+            await self.relay(content)
+        except Exception as exc:  # in the log the bench checks, and to the client
+            traceback.print_exc(file=sys.stderr)
+            await self.frame({"type": "error", "code": "model_failed", "message": repr(exc)})
+            await self.frame({"type": "turn_finished", "status": "failed"})
+
+    async def relay(self, content: str) -> None:
         self.messages += 2  # the user's message and the answer, as the server numbers them
         sequence = self.messages
         message = {"sequence": sequence, "role": "assistant", "content": "", "status": "streaming"}
