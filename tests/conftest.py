@@ -8,6 +8,7 @@ from typing import Any
 
 import pytest
 from channels.db import database_sync_to_async
+from channels.layers import channel_layers
 from django.conf import settings
 from django.contrib.auth import get_user_model
 from django.core.cache import cache
@@ -62,6 +63,16 @@ def _clear_cache() -> Iterator[None]:
     cache.clear()
     yield
     cache.clear()
+
+
+@pytest.fixture(autouse=True)
+def _fresh_channel_layer() -> Iterator[None]:
+    """Each test gets its own channel layer. channels-redis keeps asyncio locks and clean-up
+    tasks on the layer instance; one still held when a test's event loop closes stays locked,
+    bound to the dead loop, and every later test's receive would hang or fail on it (seen in
+    CI: one timeout, then 15 tests failing with "bound to a different event loop")."""
+    yield
+    channel_layers.backends.clear()
 
 
 @pytest.fixture
