@@ -8,7 +8,8 @@ published, so a client that reconnects finds it either way.
 from __future__ import annotations
 
 import asyncio
-import time
+import contextlib
+import logging
 import uuid
 from dataclasses import dataclass, field
 from typing import Any
@@ -17,7 +18,7 @@ from channels.db import database_sync_to_async
 from django.conf import settings
 
 from sessions_app import context_window, events, llm, operations, store
-from sessions_app.errors import LimitExceeded
+from sessions_app.errors import LimitExceeded, StoreWriteError
 from sessions_app.schemas import ChatMessageData, MessageOut, Usage
 from sessions_app.tools.base import ToolContext
 from sessions_app.tools.registry import (
@@ -26,6 +27,8 @@ from sessions_app.tools.registry import (
     tool_get,
     tools_openai_schemas,
 )
+
+logger = logging.getLogger(__name__)
 
 CANCELLED_TOOL_RESULT = "Error: the turn was stopped before this tool finished."
 
@@ -42,8 +45,113 @@ class Step:
     message: ChatMessageData
     text: list[str] = field(default_factory=list)
     length: int = 0
-    last_checkpoint: float = field(default_factory=time.monotonic)
+    # How much of ``text`` went out in text_delta events (pieces, characters).
+    sent_pieces: int = 0
+    sent_length: int = 0
     tool_messages: list[ChatMessageData] = field(default_factory=list)
+
+    def add(self, piece: str) -> None:
+        self.text.append(piece)
+        self.length += len(piece)
+
+    def unsent(self) -> tuple[int, str]:
+        """The text not sent yet and its offset; marks it sent."""
+        offset, piece = self.sent_length, "".join(self.text[self.sent_pieces :])
+        self.sent_pieces, self.sent_length = len(self.text), self.length
+        return offset, piece
+
+
+class TextSender:
+    """Sends a streaming step's text as it grows, one ``text_delta`` at a time.
+
+    A piece that arrives while no delta is on its way goes out at once; pieces that arrive
+    while one is (the log append and the group send take their time) go out together in
+    the next. So an idle process sends every piece as it comes, and a busy one sends fewer,
+    larger deltas instead of falling behind the model. The model is read meanwhile: the
+    stream's pace never waits for the event log or the channel layer.
+    """
+
+    def __init__(self, runner: TurnRunner, step: Step) -> None:
+        self.runner = runner
+        self.step = step
+        self.more = asyncio.Event()
+        self.caught_up = asyncio.Event()  # set while every added piece has been published
+        self.caught_up.set()
+        self.task = asyncio.ensure_future(self.send_loop())
+
+    async def send_loop(self) -> None:
+        step = self.step
+        while True:
+            await self.more.wait()
+            self.more.clear()
+            while step.sent_length < step.length:
+                offset, text = step.unsent()
+                await self.runner.publish(
+                    "text_delta",
+                    message_sequence=step.message.sequence,
+                    offset=offset,
+                    text=text,
+                )
+            self.caught_up.set()
+
+    def add(self, piece: str) -> None:
+        # Kept before it is sent: a cancel that lands while the event is on its way
+        # (already in the log) must not leave the stored answer shorter than it.
+        self.step.add(piece)
+        self.caught_up.clear()
+        self.more.set()
+
+    async def flush(self) -> None:
+        """Return once every piece added so far has been published."""
+        if self.caught_up.is_set():
+            return
+        caught_up = asyncio.ensure_future(self.caught_up.wait())
+        try:
+            await asyncio.wait([caught_up, self.task], return_when=asyncio.FIRST_COMPLETED)
+        finally:
+            caught_up.cancel()
+        if self.task.done():
+            self.task.result()  # a failure of the sender is the step's failure
+
+    def stop(self) -> None:
+        self.task.cancel()
+
+
+class Checkpoints:
+    """Writes a streaming step's text to the database every ``CHAT_CHECKPOINT_SECONDS``,
+    counted from the end of the previous write, beside the stream: a slow database delays
+    the next checkpoint, never the next piece. At most one write is on its way; ``stop``
+    waits for it, so the step's final write always lands after it."""
+
+    def __init__(self, runner: TurnRunner, step: Step) -> None:
+        self.runner = runner
+        self.step = step
+        self.written = 0
+        self.writing: asyncio.Future[None] | None = None
+        self.task = asyncio.ensure_future(self.checkpoint_loop())
+
+    async def checkpoint_loop(self) -> None:
+        while True:
+            await asyncio.sleep(settings.CHAT_CHECKPOINT_SECONDS)
+            if self.step.length != self.written:
+                self.writing = asyncio.ensure_future(self.write())
+                await asyncio.shield(self.writing)
+
+    async def write(self) -> None:
+        length, text = self.step.length, "".join(self.step.text)
+        try:
+            self.step.message = await self.runner.update(self.step.message, content=text)
+        except StoreWriteError:
+            # The final write decides; a crash before it loses a little more text.
+            logger.warning("checkpoint of session %s failed", self.runner.sid, exc_info=True)
+        else:
+            self.written = length
+
+    async def stop(self) -> None:
+        self.task.cancel()
+        if self.writing is not None:
+            with contextlib.suppress(Exception, asyncio.CancelledError):
+                await self.writing
 
 
 class TurnRunner:
@@ -123,26 +231,24 @@ class TurnRunner:
         self.step = step = Step(message=placeholder)
         await self.publish("message_created", message=message_out(placeholder))
         end: llm.StreamEnd | None = None
-        async for item in llm.stream_chat(messages=messages, tools=tools or None):
-            if isinstance(item, llm.TextDelta):
-                # Kept before it is sent: a cancel that lands while the event is on its way
-                # (already in the log) must not leave the stored answer shorter than it.
-                offset = step.length
-                step.text.append(item.text)
-                step.length += len(item.text)
-                await self.publish(
-                    "text_delta",
-                    message_sequence=placeholder.sequence,
-                    offset=offset,
-                    text=item.text,
-                )
-                await self.checkpoint_if_due(step)
-            elif isinstance(item, llm.ToolCallRequest):
-                await self.publish(
-                    "tool_call", message_sequence=placeholder.sequence, tool_call=item.as_openai()
-                )
-            else:
-                end = item
+        sender, checkpoints = TextSender(self, step), Checkpoints(self, step)
+        try:
+            async for item in llm.stream_chat(messages=messages, tools=tools or None):
+                if isinstance(item, llm.TextDelta):
+                    sender.add(item.text)
+                elif isinstance(item, llm.ToolCallRequest):
+                    await sender.flush()
+                    await self.publish(
+                        "tool_call",
+                        message_sequence=placeholder.sequence,
+                        tool_call=item.as_openai(),
+                    )
+                else:
+                    end = item
+            await sender.flush()
+        finally:
+            sender.stop()
+            await checkpoints.stop()
         assert end is not None
         if end.usage is not None:
             await self.record_usage(end.usage)
@@ -156,13 +262,6 @@ class TurnRunner:
         )
         await self.publish("message_updated", message=message_out(step.message))
         return calls
-
-    async def checkpoint_if_due(self, step: Step) -> None:
-        now = time.monotonic()
-        if now - step.last_checkpoint < settings.CHAT_CHECKPOINT_SECONDS:
-            return
-        step.last_checkpoint = now
-        step.message = await self.update(step.message, content="".join(step.text))
 
     async def record_usage(self, usage: Usage) -> None:
         totals = await database_sync_to_async(store.usage_record)(

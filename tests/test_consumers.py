@@ -195,8 +195,84 @@ async def test_a_cancel_landing_while_a_delta_is_published_keeps_that_delta(
     assert frames[-1]["status"] == "cancelled"
     sent = "".join(f["text"] for f in frames if f["type"] == "text_delta")
     stored = await db_messages(session_id)
-    assert stored[1][2:] == (sent, "interrupted")
-    assert len(sent.split()) == 5
+    # Pieces read from the model after the 5th delta left are kept too (never sent as
+    # deltas: the final message_updated carries them).
+    assert stored[1][3] == "interrupted" and stored[1][2].startswith(sent)
+    assert len(sent.split()) >= 5
+    assert socket.view.contents() == stored
+
+
+async def test_pieces_arriving_while_a_delta_is_on_its_way_go_out_together(
+    owner: Any, session_id: uuid.UUID, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """The first delta's publish is held until the model has sent 12 more pieces: they go
+    out in one delta, and the text adds up exactly."""
+    from sessions_app import turn_steps
+
+    real_publish = turn_steps.events.event_publish
+    real_add = turn_steps.TextSender.add
+    pieces = {"n": 0}
+    twelve_more = asyncio.Event()
+
+    def counting_add(sender: Any, piece: str) -> None:
+        real_add(sender, piece)
+        pieces["n"] += 1
+        if pieces["n"] == 13:
+            twelve_more.set()
+
+    async def first_delta_held(sid: uuid.UUID, event_type: str, **fields: Any) -> Any:
+        if event_type == "text_delta" and fields["offset"] == 0:
+            await twelve_more.wait()
+        return await real_publish(sid, event_type, **fields)
+
+    monkeypatch.setattr(turn_steps.TextSender, "add", counting_add)
+    monkeypatch.setattr(turn_steps.events, "event_publish", first_delta_held)
+    socket = await open_socket(owner, session_id)
+    await socket.send(send_frame("/words 30"))
+    frames = await finish_turn(socket)
+    deltas = [f["text"] for f in frames if f["type"] == "text_delta"]
+    assert len(deltas[0].split()) == 1 and len(deltas[1].split()) >= 12
+    assert len(deltas) < 30
+    stored = await db_messages(session_id)
+    assert "".join(deltas) == stored[1][2] and len(stored[1][2].split()) == 30
+    assert socket.view.gaps == [] and socket.view.contents() == stored
+
+
+async def test_a_slow_checkpoint_does_not_hold_the_stream(
+    owner: Any, session_id: uuid.UUID, settings: Any, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """A checkpoint write stuck in the database: every piece still streams, then the
+    answer is completed after it."""
+    import threading
+
+    from sessions_app import turn_steps
+
+    settings.CHAT_CHECKPOINT_SECONDS = 0.01
+    real_update = turn_steps.store.message_update
+    stuck, release = threading.Event(), threading.Event()
+
+    def slow_checkpoint(**kwargs: Any) -> Any:
+        if set(kwargs["changes"]) == {"content"} and not stuck.is_set():
+            stuck.set()
+            release.wait(FRAME_TIMEOUT)
+        return real_update(**kwargs)
+
+    monkeypatch.setattr(turn_steps.store, "message_update", slow_checkpoint)
+    socket = await open_socket(owner, session_id)
+    try:
+        await socket.send(send_frame("/words 60"))
+        words = 0
+        while words < 60:
+            frame = await socket.next()
+            if frame["type"] == "text_delta":
+                words += len(frame["text"].split())
+        assert stuck.is_set()  # the whole answer streamed while the checkpoint was stuck
+    finally:
+        release.set()
+    frames = await finish_turn(socket)
+    assert frames[-1]["status"] == "completed"
+    stored = await db_messages(session_id)
+    assert stored[1][3] == "complete" and len(stored[1][2].split()) == 60
     assert socket.view.contents() == stored
 
 
