@@ -4,8 +4,8 @@ background operation) answered by the model, with as many tool rounds as it need
 A turn runs as an ``asyncio`` task owned by the server process, never by a socket: closing
 the socket that started it does not stop it; only ``cancel`` does (or a shutdown). It holds
 its session's turn lease (``sessions_app.leases``) while it runs, so at most one turn runs
-per session across all processes, and listens on the session's control group, so a
-``cancel`` sent to any process reaches it. The steps themselves are in ``turn_steps``.
+per session across all processes, and its process's cancel inbox joins the session's control
+group, so a ``cancel`` sent to any process reaches it. The steps themselves are in ``turn_steps``.
 
 Double-send policy: one turn per session at a time. A ``send`` while one runs is refused
 with ``turn_in_progress``; a retried ``send`` with the same client message id is
@@ -29,6 +29,7 @@ from django.conf import settings
 
 from sessions_app import events, leases, limits, llm, runtime, store
 from sessions_app.errors import LimitExceeded, Refused, SessionNotFound
+from sessions_app.loop_local import LoopLocal
 from sessions_app.schemas import ChatMessageData
 from sessions_app.turn_steps import TurnRunner, message_out
 
@@ -232,7 +233,9 @@ async def turn_cancel_anywhere(session_id: uuid.UUID) -> None:
         return
     layer = get_channel_layer()
     if layer is not None:
-        await layer.group_send(control_group(session_id), {"type": "turn.cancel"})
+        await layer.group_send(
+            control_group(session_id), {"type": "turn.cancel", "session_id": str(session_id)}
+        )
 
 
 async def turn_wait(session_id: uuid.UUID) -> None:
@@ -273,29 +276,81 @@ async def _keep_lease(turn: _Turn) -> None:
             return
 
 
-async def _listen_for_cancel(turn: _Turn) -> None:
-    """Hear ``cancel`` sent to the session from any process."""
+class _CancelInbox:
+    """The loop's one channel-layer channel for ``cancel`` sent from other processes.
+
+    A running turn adds it to its session's control group; one receiver serves every turn
+    of the loop (a receiver per turn cost the loop a share of its time per running answer).
+    """
+
+    def __init__(self, layer: Any) -> None:
+        self.layer = layer
+        self.channel: str | None = None
+        self.task: asyncio.Task[None] | None = None
+        self.lock = asyncio.Lock()
+
+    async def channel_name(self) -> str:
+        async with self.lock:
+            if self.channel is None:
+                self.channel = await self.layer.new_channel()
+                self.task = _detached(self.receive_loop(), "cancel inbox")
+            return self.channel
+
+    async def receive_loop(self) -> None:
+        assert self.channel is not None
+        while True:
+            try:
+                message = await self.layer.receive(self.channel)
+            except Exception:
+                logger.warning("could not receive cancels; trying again", exc_info=True)
+                await asyncio.sleep(1)
+                continue
+            if message.get("type") == "turn.cancel":
+                with contextlib.suppress(KeyError, TypeError, ValueError):
+                    turn_cancel(uuid.UUID(message["session_id"]))
+
+    def close(self) -> None:
+        if self.task is not None:
+            self.task.cancel()
+
+
+_cancel_inboxes: LoopLocal[dict[str, _CancelInbox]] = LoopLocal()
+
+
+def _cancel_inbox() -> _CancelInbox | None:
+    """The running loop's inbox on the current channel layer (``None``: no layer)."""
     layer = get_channel_layer()
     if layer is None:
+        return None
+    inboxes = _cancel_inboxes.get(dict)
+    inbox = inboxes.get("inbox")
+    if inbox is None or inbox.layer is not layer:  # the layer was replaced (settings, tests)
+        if inbox is not None:
+            inbox.close()
+        inbox = inboxes["inbox"] = _CancelInbox(layer)
+    return inbox
+
+
+async def _hear_cancels(turn: _Turn) -> None:
+    """Put the loop's cancel inbox in the session's control group until the turn ends."""
+    inbox = _cancel_inbox()
+    if inbox is None:
         return
-    channel = await layer.new_channel()
+    channel = await inbox.channel_name()
     group = control_group(turn.session_id)
-    await layer.group_add(group, channel)
+    await inbox.layer.group_add(group, channel)
     try:
-        while True:
-            message = await layer.receive(channel)
-            if message.get("type") == "turn.cancel":
-                turn_cancel(turn.session_id)
+        await asyncio.Event().wait()  # until the turn ends and cancels this
     finally:
         with contextlib.suppress(Exception):
-            await asyncio.shield(layer.group_discard(group, channel))
+            await asyncio.shield(inbox.layer.group_discard(group, channel))
 
 
 async def _run(turn: _Turn) -> None:
     runner = TurnRunner(turn.session_id, turn.owner_id, turn.turn_id, turn.notice)
     helpers = [
         asyncio.ensure_future(_keep_lease(turn)),
-        asyncio.ensure_future(_listen_for_cancel(turn)),
+        asyncio.ensure_future(_hear_cancels(turn)),
     ]
     status = "failed"
     try:

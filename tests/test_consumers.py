@@ -202,6 +202,28 @@ async def test_a_cancel_landing_while_a_delta_is_published_keeps_that_delta(
     assert socket.view.contents() == stored
 
 
+async def test_a_cancel_from_another_process_stops_that_sessions_turn_only(
+    owner: Any, session_id: uuid.UUID
+) -> None:
+    """What ``turn_cancel_anywhere`` sends when another process runs the turn: it reaches
+    this process's one cancel inbox, which stops the named session's turn and no other."""
+    from channels.layers import get_channel_layer
+
+    other_id = (await database_sync_to_async(store.session_create)(owner_id=owner.pk)).id
+    first = await open_socket(owner, session_id)
+    second = await open_socket(owner, other_id)
+    await first.send(send_frame("/words 400"))
+    await second.send(send_frame("/words 60"))
+    await first.until_type("text_delta")
+    await second.until_type("text_delta")
+    message = {"type": "turn.cancel", "session_id": str(session_id)}
+    await get_channel_layer().group_send(turns.control_group(session_id), message)
+    assert (await finish_turn(first))[-1]["status"] == "cancelled"
+    assert (await finish_turn(second))[-1]["status"] == "completed"
+    assert first.view.contents() == await db_messages(session_id)
+    assert second.view.contents() == await db_messages(other_id)
+
+
 async def test_pieces_arriving_while_a_delta_is_on_its_way_go_out_together(
     owner: Any, session_id: uuid.UUID, monkeypatch: pytest.MonkeyPatch
 ) -> None:
