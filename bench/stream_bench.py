@@ -200,6 +200,7 @@ class Run:
     created: list[float] = field(default_factory=list)  # ms, send -> assistant message_created
     pace: list[float] = field(default_factory=list)  # pieces a second within one stream
     tokens: int = 0
+    frames: int = 0  # that carried text (text_delta, or SSE chunks on the direct path)
     turns: int = 0
     elapsed: float = 0.0
     cpu: dict[str, float] = field(default_factory=dict)  # seconds, by process
@@ -233,7 +234,8 @@ class Stream:
         self.t0 = time.perf_counter()
         self.first = self.last = 0.0
         self.text = ""
-        self.pieces = 0
+        self.pieces = 0  # frames (server, floor) or chunks (direct) that carried text
+        self.first_tokens = 0  # tokens in the first of them
 
     def piece(self, text: str) -> None:
         now = time.perf_counter()
@@ -241,6 +243,13 @@ class Stream:
         self.last = now
         self.text += text
         self.pieces += 1
+        if self.pieces == 1:
+            self.first_tokens = self.tokens()
+
+    def tokens(self) -> int:
+        """The model's pieces in the text so far: one word each (a server may send several
+        in one ``text_delta`` when they arrived while the previous one was on its way)."""
+        return len(self.text.split())
 
     def record(self, bench: Bench, run: Run, final: str | None, complete: bool) -> None:
         """Count the turn; a complete one must have the model's whole text, a cancelled one a
@@ -250,12 +259,14 @@ class Stream:
         elif not complete:
             run.ttft.append((time.perf_counter() - self.t0) * 1000)
             run.censored += 1
-        if self.pieces > 1:
-            run.pace.append((self.pieces - 1) / (self.last - self.first))
-        run.tokens += self.pieces
+        tokens = self.tokens()
+        if self.last > self.first:
+            run.pace.append((tokens - self.first_tokens) / (self.last - self.first))
+        run.tokens += tokens
+        run.frames += self.pieces
         run.turns += 1
         right = bench.expected if complete else bench.expected[: len(self.text)]
-        run.c["tokens lost"] += max(0, bench.pieces - self.pieces) if complete else 0
+        run.c["tokens lost"] += max(0, bench.pieces - tokens) if complete else 0
         run.c["streamed text differs from the model's"] += self.text != right
         run.c["message_updated text differs"] += final is not None and final != self.text
         if self.text != right or (final is not None and final != self.text):
@@ -579,16 +590,19 @@ def report(bench: Bench, log_problems: int) -> bool:
             cells[:4] = [f"≥ {v}" for v in cells[:4]]
         print(f"| {r.n} | {r.path} | {r.turns} | " + " | ".join(cells) + " |")
     names = list(bench.pids)
-    print("\n| sessions | path | tokens | tokens/s | stream pace p50 tok/s | "
+    print("\n| sessions | path | tokens | tokens/s | tokens per frame | stream pace p50 tok/s | "
           + " | ".join(f"{n} µs/token" for n in names) + " | machine CPU % |\n|"
-          + " --- |" * (6 + len(names)))  # fmt: skip
+          + " --- |" * (7 + len(names)))  # fmt: skip
     for r in bench.runs:
         per_token = [r.cpu[n] / r.tokens * 1e6 if r.tokens else math.nan for n in names]
         shown = [fmt(v, 0) if n in (r.path, "model", "redis", "postgres", "client") else "-"
                  for n, v in zip(names, per_token, strict=True)]  # fmt: skip
+        per_frame = r.tokens / r.frames if r.frames else math.nan
         print(
             f"| {r.n} | {r.path} | {r.tokens:,} | {fmt(r.tokens / r.elapsed, 0)} | "
-            f"{fmt(pct(r.pace, 0.5))} | " + " | ".join(shown) + f" | {r.machine * 100:.0f} |"
+            f"{fmt(per_frame, 2)} | {fmt(pct(r.pace, 0.5))} | "
+            + " | ".join(shown)
+            + f" | {r.machine * 100:.0f} |"
         )
     print("\n| sessions | path | " + " | ".join(INTEGRITY) + " | other |\n|"
           + " --- |" * (3 + len(INTEGRITY)))  # fmt: skip

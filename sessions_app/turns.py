@@ -83,7 +83,7 @@ class _Turn:
 
 # The turns this process runs, by session. Strong references: the loop keeps only weak ones.
 _running: dict[uuid.UUID, _Turn] = {}
-# Background work that must outlive its caller (title generation).
+# Background work that must outlive its caller (titles, the event floor of a new turn).
 _background: set[asyncio.Task[Any]] = set()
 
 
@@ -127,37 +127,63 @@ async def turn_start(
             f"{settings.CHAT_MESSAGE_MAX_CHARS}.",
         )
     turn = _Turn(session_id=session_id, owner_id=owner_id, turn_id=uuid.uuid4())
+    user_message = ChatMessageData(
+        role="user", content=content, client_message_id=client_message_id
+    )
+    begin = database_sync_to_async(_begin)
     try:
         await limits.check_message_rate(owner_id=owner_id)
-        if session_id not in _running:
+        if session_id in _running:
+            raise TurnInProgress()
+        begun = await begin(turn, user_message)
+        if begun == "stale":
             await _recover_stale_turn(session_id)
-        if session_id in _running or not await _acquire(turn):
+            begun = await begin(turn, user_message)
+        if not isinstance(begun, tuple):
             raise TurnInProgress()
     except Refused:
         existing = await _existing_message(session_id, owner_id, client_message_id)
         if existing is not None:
             return TurnStart(message=existing, duplicate=True, turn_id=None)
         raise
-    try:
-        message, created = await database_sync_to_async(store.message_append_once)(
-            session_id=session_id,
-            owner_id=owner_id,
-            message=ChatMessageData(
-                role="user", content=content, client_message_id=client_message_id
-            ),
-        )
-    except BaseException:
-        await _release(turn)
-        raise
+    message, created = begun
     if not created:
-        await _release(turn)
         return TurnStart(message=message, duplicate=True, turn_id=None)
     first = await events.event_publish(
         session_id, "message_created", message=message_out(message), turn_id=str(turn.turn_id)
     )
-    await events.event_floor_save(session_id, first["seq"] if first else None)
+    if first is not None:
+        _spawn(events.event_floor_save(session_id, first["seq"]), "event floor")
     _launch(turn)
     return TurnStart(message=message, duplicate=False, turn_id=turn.turn_id)
+
+
+def _begin(turn: _Turn, message: ChatMessageData) -> str | tuple[ChatMessageData, bool]:
+    """The database work before a turn starts, in one trip to the database thread: take
+    the lease and store the user's message (once per client message id).
+
+    Returns the message and whether it was new (the lease is kept only then), ``"busy"``
+    when a live turn holds the lease, or ``"stale"`` when a dead turn still does (the
+    caller recovers it, then tries again). Raises ``LimitExceeded`` (too many turns) and
+    the store's errors, holding nothing.
+    """
+    sid = turn.session_id
+    if leases.turn_leases_stale(session_id=sid):
+        return "stale"
+    taken = leases.turn_lease_acquire(
+        session_id=sid, turn_id=turn.turn_id, owner=runtime.process_id(), owner_id=turn.owner_id
+    )
+    if not taken:
+        return "busy"
+    created = False
+    try:
+        stored, created = store.message_append_once(
+            session_id=sid, owner_id=turn.owner_id, message=message
+        )
+    finally:
+        if not created:
+            leases.turn_lease_release(session_id=sid, turn_id=turn.turn_id)
+    return stored, created
 
 
 async def turn_continue(*, session_id: uuid.UUID, owner_id: int, notice: str) -> bool:
@@ -391,11 +417,11 @@ async def _run(turn: _Turn) -> None:
         await runner.publish("turn_finished", status=status, turn_usage=runner.usage.model_dump())
         await events.event_floor_save(turn.session_id, runner.last_seq)
     if status == "completed":
-        _spawn(_make_title(turn.session_id))
+        _spawn(_make_title(turn.session_id), "title")
 
 
-def _spawn(coro: Any) -> None:
-    task = _detached(coro, "title")
+def _spawn(coro: Any, name: str) -> None:
+    task = _detached(coro, name)
     _background.add(task)
     task.add_done_callback(_background.discard)
 
