@@ -47,11 +47,11 @@ async def chat_runtime(chat_runtime_settings: None) -> AsyncIterator[None]:
         await turns.turn_wait(session_id)
     await turns.background_wait()
     await runtime.stop()
-    # channels-redis removes each received message from its backup queue in a task; let them
-    # finish in this loop (conftest's _fresh_channel_layer then drops the layer).
+    # Close the layer's connections and receiver in this loop (conftest's
+    # _fresh_channel_layer then drops the layer).
     layer = get_channel_layer()
-    if hasattr(layer, "close_pools"):
-        await layer.close_pools()
+    if layer is not None:
+        await layer.flush()
     # The executor thread of database_sync_to_async keeps its connection otherwise, and the
     # test database could not be dropped at the end of the run.
     await database_sync_to_async(connections.close_all)()

@@ -67,10 +67,10 @@ def _clear_cache() -> Iterator[None]:
 
 @pytest.fixture(autouse=True)
 def _fresh_channel_layer() -> Iterator[None]:
-    """Each test gets its own channel layer. channels-redis keeps asyncio locks and clean-up
-    tasks on the layer instance; one still held when a test's event loop closes stays locked,
-    bound to the dead loop, and every later test's receive would hang or fail on it (seen in
-    CI: one timeout, then 15 tests failing with "bound to a different event loop")."""
+    """Each test gets its own channel layer. A layer keeps asyncio state (locks, receiver
+    tasks, subscriptions) that belongs to the loop it ran on; left to the next test's loop it
+    hangs or fails there (seen in CI with channels-redis's RedisChannelLayer: one timeout,
+    then 15 tests failing with "bound to a different event loop")."""
     yield
     channel_layers.backends.clear()
 

@@ -1,4 +1,4 @@
-"""The configured channel layer, on real Redis: blocking reads survive redis-py's timeout."""
+"""The configured channel layer, on real Redis: Redis pub/sub (channels-redis)."""
 
 from __future__ import annotations
 
@@ -6,59 +6,54 @@ import asyncio
 
 import pytest
 from channels.layers import get_channel_layer
-from channels_redis.core import RedisChannelLayer
+from channels_redis.pubsub import RedisPubSubChannelLayer
 from django.conf import settings
-from redis.exceptions import TimeoutError as RedisTimeoutError
 
 pytestmark = pytest.mark.redis
 
-# Longer than both redis-py 8's default socket timeout and channels-redis's 5 s BZPOPMIN.
+# Longer than redis-py 8's default socket timeout (5 s): the redis-py 8 trap.
 QUIET_SECONDS = 6.5
 
 
-async def receive_after_quiet_period(layer: RedisChannelLayer) -> object:
-    """Wait on an empty channel for longer than 5 s, then send; return what arrives."""
+async def test_a_receiver_idle_longer_than_redis_socket_timeout_still_receives() -> None:
+    """A socket with nothing to hear for over 5 s gets the next message. (channels-redis's
+    default layer reads with a blocking BZPOPMIN that redis-py 8 kills after 5 s.)"""
+    layer = get_channel_layer()
     channel = await layer.new_channel()
     waiting = asyncio.create_task(layer.receive(channel))
     # The quiet period is the condition under test, so it has to be real time.
     done, _ = await asyncio.wait({waiting}, timeout=QUIET_SECONDS)
-    if done:
-        return waiting.exception() or waiting.result()
+    assert not done, waiting.exception() or waiting.result()
     await layer.send(channel, {"type": "chat.event", "seq": 1})
-    return await asyncio.wait_for(waiting, timeout=5)
+    assert await asyncio.wait_for(waiting, timeout=5) == {"type": "chat.event", "seq": 1}
+    await layer.flush()
 
 
-async def test_receive_waits_longer_than_redis_socket_timeout() -> None:
-    """A consumer idle for over 5 s still gets the next message (the redis-py 8 trap).
-
-    The same wait on a layer with default host options, run alongside, dies with redis-py's
-    timeout: proof that this test can fail.
-    """
-    configured = get_channel_layer()
-    assert isinstance(configured, RedisChannelLayer)
-    default = RedisChannelLayer(hosts=[settings.REDIS_URL], prefix="trap-check")
-    ours, theirs = await asyncio.gather(
-        receive_after_quiet_period(configured), receive_after_quiet_period(default)
-    )
-    assert ours == {"type": "chat.event", "seq": 1}
-    assert isinstance(theirs, RedisTimeoutError)
-    await configured.flush()
-    await default.flush()
-
-
-async def test_group_send_reaches_every_member() -> None:
+async def test_group_send_reaches_every_member_and_only_them() -> None:
     layer = get_channel_layer()
-    first, second = await layer.new_channel(), await layer.new_channel()
+    first, second, other = [await layer.new_channel() for _ in range(3)]
     await layer.group_add("session-x", first)
     await layer.group_add("session-x", second)
+    await layer.group_add("session-y", other)
     await layer.group_send("session-x", {"type": "chat.event", "seq": 7})
     received = await asyncio.gather(
         asyncio.wait_for(layer.receive(first), 5), asyncio.wait_for(layer.receive(second), 5)
     )
     assert received == [{"type": "chat.event", "seq": 7}] * 2
+    await layer.group_discard("session-x", second)
+    await layer.group_send("session-x", {"type": "chat.event", "seq": 8})
+    assert await asyncio.wait_for(layer.receive(first), 5) == {"type": "chat.event", "seq": 8}
+    late = asyncio.create_task(layer.receive(second))
+    unrelated = asyncio.create_task(layer.receive(other))
+    await asyncio.sleep(0.3)  # a message sent to them would have arrived by now
+    assert not late.done() and not unrelated.done()
+    late.cancel()
+    unrelated.cancel()
     await layer.flush()
 
 
 def test_layer_uses_the_configured_redis() -> None:
-    [host] = settings.CHANNEL_LAYERS["default"]["CONFIG"]["hosts"]
-    assert host == {"address": settings.REDIS_URL, "socket_timeout": None}
+    layer = settings.CHANNEL_LAYERS["default"]
+    assert layer["BACKEND"] == "channels_redis.pubsub.RedisPubSubChannelLayer"
+    assert isinstance(get_channel_layer(), RedisPubSubChannelLayer)
+    assert layer["CONFIG"]["hosts"] == [{"address": settings.REDIS_URL}]

@@ -59,9 +59,8 @@ def test_urls_switch_to_postgres_and_redis() -> None:
     assert shown["db"] == "django.db.backends.postgresql"
     assert shown["db_name"] == "chat"
     assert shown["cache"] == "django_redis.cache.RedisCache"
-    assert shown["layer"] == "channels_redis.core.RedisChannelLayer"
-    # The channel layer's blocking reads must not inherit redis-py's 5 s socket timeout.
-    assert shown["hosts"] == [{"address": "redis://cache.internal:6380/2", "socket_timeout": None}]
+    assert shown["layer"] == "channels_redis.pubsub.RedisPubSubChannelLayer"
+    assert shown["hosts"] == [{"address": "redis://cache.internal:6380/2"}]
     assert shown["ttl"] == 600
     # Connections come from a pool: set-up is paid once, not per database call.
     assert shown["pool"] == {"min_size": 1, "max_size": 4, "timeout": 10}

@@ -147,15 +147,15 @@ if REDIS_URL:
     }
     CHANNEL_LAYERS: dict[str, dict[str, Any]] = {
         "default": {
-            "BACKEND": "channels_redis.core.RedisChannelLayer",
+            # Redis pub/sub: a group send is one PUBLISH, and one subscriber connection per
+            # process receives for every socket. The default RedisChannelLayer costs about
+            # five round trips a message, drops past its per-process capacity without a
+            # word, and its blocking reads need socket_timeout=None under redis-py 8
+            # (docs/architecture.md "The channel layer", docs/performance.md).
+            "BACKEND": "channels_redis.pubsub.RedisPubSubChannelLayer",
             "CONFIG": {
-                # redis-py >= 8 gives every connection a 5 s socket timeout. The layer's
-                # receive is a blocking BZPOPMIN of up to 5 s, which then dies with a
-                # TimeoutError, so blocking reads must have no socket timeout.
-                "hosts": [{"address": REDIS_URL, "socket_timeout": None}],
-                "prefix": f"{CHAT_CACHE_PREFIX}:layer",
-                "capacity": 1000,
-                "expiry": 60,
+                "hosts": [{"address": REDIS_URL}],
+                "prefix": f"{CHAT_CACHE_PREFIX}:layer:",
             },
         }
     }
