@@ -32,7 +32,6 @@ import uuid
 from collections.abc import Callable, Coroutine
 from typing import Any
 
-from channels.db import database_sync_to_async
 from django.conf import settings
 from django.core.exceptions import RequestDataTooBig
 from django.http import HttpRequest, HttpResponse, JsonResponse
@@ -40,6 +39,7 @@ from django.views.csrf import csrf_failure as django_csrf_failure
 from pydantic import BaseModel
 
 from sessions_app import events, runtime, store, turns
+from sessions_app.db import db_sync_to_async
 from sessions_app.errors import (
     InvalidInput,
     LimitExceeded,
@@ -273,7 +273,7 @@ def async_api_view(*methods: str) -> Callable[[AsyncView], AsyncView]:
 
 
 async def _owned_session(session_id: str, owner_id: int) -> uuid.UUID:
-    return await database_sync_to_async(store.session_check_owner)(
+    return await db_sync_to_async(store.session_check_owner)(
         session_id=session_id, owner_id=owner_id
     )
 

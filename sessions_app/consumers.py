@@ -20,12 +20,12 @@ import uuid
 from typing import Any
 
 from channels.consumer import get_handler_name
-from channels.db import database_sync_to_async
 from channels.generic.websocket import AsyncWebsocketConsumer
 from django.conf import settings
 from pydantic import BaseModel
 
 from sessions_app import events, limits, runtime, store, turns
+from sessions_app.db import db_sync_to_async
 from sessions_app.errors import LimitExceeded, Refused, SessionNotFound, StoreWriteError
 from sessions_app.llm import model_info
 from sessions_app.protocol import (
@@ -61,7 +61,7 @@ class ChatConsumer(AsyncWebsocketConsumer):
         all database work of the process shares, for every message: every event relayed to
         every socket waited there behind every other socket's (a text delta to 100 sockets
         was 100 hops). The handlers here reach the database only through
-        ``database_sync_to_async``, which closes stale connections itself.
+        ``db_sync_to_async``, which closes stale connections itself.
         """
         handler = getattr(self, get_handler_name(message), None)
         if handler is None:
@@ -79,7 +79,7 @@ class ChatConsumer(AsyncWebsocketConsumer):
         self.delivered = None
         try:
             self.session_id = uuid.UUID(self.scope["url_route"]["kwargs"]["session_id"])
-            await database_sync_to_async(store.session_check_owner)(
+            await db_sync_to_async(store.session_check_owner)(
                 session_id=self.session_id, owner_id=self.owner_id
             )
         except (ValueError, SessionNotFound):

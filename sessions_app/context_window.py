@@ -29,11 +29,11 @@ from dataclasses import dataclass, field
 from functools import cached_property
 from typing import Any, NamedTuple
 
-from channels.db import database_sync_to_async
 from django.conf import settings
 
 from sessions_app import llm, store
 from sessions_app.conversion import message_to_openai
+from sessions_app.db import db_sync_to_async
 from sessions_app.errors import SessionNotFound
 from sessions_app.schemas import SessionState, Usage
 from sessions_app.token_counting import TOKENS_PER_MESSAGE, TokenCounter, counter_for
@@ -250,7 +250,7 @@ async def _summarised(
         head_and_summary = [*head, Entry(None, summary_message(text))]
         return fit_entries(head_and_summary, rest, tools=tools, budget=budget, counter=counter)
 
-    stored = await database_sync_to_async(store.session_context_summary)(session_id=state.id)
+    stored = await db_sync_to_async(store.session_context_summary)(session_id=state.id)
     text, through = stored.text, stored.through_sequence
     if text and through is not None and _starts_a_turn(entries, through):
         fitted = await asyncio.to_thread(fit_after, text, through)
@@ -265,7 +265,7 @@ async def _summarised(
             break
         text = await _summarise(text, fitted.dropped, counter, budget, on_usage)
         through = max(e.sequence for e in fitted.dropped if e.sequence is not None)
-        await database_sync_to_async(store.session_context_summary_set)(
+        await db_sync_to_async(store.session_context_summary_set)(
             session_id=state.id, summary=text, through_sequence=through
         )
         fitted = await asyncio.to_thread(fit_after, text, through)

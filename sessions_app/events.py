@@ -28,13 +28,13 @@ import uuid
 from collections import deque
 from typing import Any, Protocol
 
-from channels.db import database_sync_to_async
 from channels.layers import get_channel_layer
 from django.conf import settings
 from django.core.signals import setting_changed
 from redis import asyncio as aioredis
 
 from sessions_app import runtime, store
+from sessions_app.db import db_sync_to_async
 from sessions_app.redis_clients import redis_client
 
 logger = logging.getLogger(__name__)
@@ -67,7 +67,7 @@ class EventLog(Protocol):
 
 
 async def _floor(session_id: uuid.UUID) -> int:
-    last = await database_sync_to_async(store.session_event_seq)(session_id=session_id)
+    last = await db_sync_to_async(store.session_event_seq)(session_id=session_id)
     return restart_floor(last)
 
 
@@ -309,6 +309,6 @@ async def event_floor_save(session_id: uuid.UUID, seq: int | None) -> None:
     if seq is None:
         return
     try:
-        await database_sync_to_async(store.session_event_seq_raise)(session_id=session_id, seq=seq)
+        await db_sync_to_async(store.session_event_seq_raise)(session_id=session_id, seq=seq)
     except Exception:
         logger.warning("could not save event seq of %s", session_id, exc_info=True)

@@ -26,7 +26,6 @@ import uuid
 from datetime import datetime, timedelta
 from typing import Any
 
-from channels.db import database_sync_to_async
 from django.conf import settings
 from django.contrib.auth import get_user_model
 from django.db import transaction
@@ -35,6 +34,7 @@ from django.tasks import task
 from django.utils import timezone
 
 from sessions_app import events, limits, runtime, store
+from sessions_app.db import db_sync_to_async
 from sessions_app.models import ChatSession, Operation
 from sessions_app.schemas import ChatMessageData
 from sessions_app.tools.base import ToolContext
@@ -437,14 +437,12 @@ def operations_lost_in_queue() -> list[uuid.UUID]:
 
 async def operations_sweep() -> None:
     """Recover every stale operation (any process may run this, any number of times)."""
-    for operation_id in await database_sync_to_async(operations_lost_in_queue)():
+    for operation_id in await db_sync_to_async(operations_lost_in_queue)():
         logger.warning("operation %s had no queued task; queueing it again", operation_id)
-        await database_sync_to_async(operation_dispatch)(operation_id=operation_id)
-    stale = await database_sync_to_async(operations_stale)()
+        await db_sync_to_async(operation_dispatch)(operation_id=operation_id)
+    stale = await db_sync_to_async(operations_stale)()
     for operation_id in stale:
-        action, op, message = await database_sync_to_async(operation_recover)(
-            operation_id=operation_id
-        )
+        action, op, message = await db_sync_to_async(operation_recover)(operation_id=operation_id)
         if op is not None:
             logger.warning("operation %s of %s was stale: %s", op.id, op.session_id, action)
             await publish_recovery(action, op, message)
@@ -468,9 +466,7 @@ async def publish_recovery(action: str, op: Operation, message: ChatMessageData 
 async def run_operation(operation_id: str) -> str:
     """Run one operation to its end. Safe to deliver twice: ``operation_claim`` decides."""
     owner = runtime.process_id()
-    op = await database_sync_to_async(operation_claim)(
-        operation_id=uuid.UUID(operation_id), owner=owner
-    )
+    op = await db_sync_to_async(operation_claim)(operation_id=uuid.UUID(operation_id), owner=owner)
     if op is None:
         return "skipped"
     await events.event_publish(op.session_id, "operation_in_progress", operation=operation_out(op))
@@ -489,7 +485,7 @@ class _OperationRun:
         while not work.done():
             await asyncio.sleep(settings.CHAT_HEARTBEAT_SECONDS)
             try:
-                renewed = await database_sync_to_async(operation_heartbeat)(
+                renewed = await db_sync_to_async(operation_heartbeat)(
                     operation_id=self.op.id, owner=self.owner
                 )
             except Exception:
@@ -506,7 +502,7 @@ class _OperationRun:
         now = time.monotonic()
         if now - self.last_write >= PROGRESS_WRITE_SECONDS or fraction in (0.0, 1.0):
             self.last_write = now
-            updated = await database_sync_to_async(operation_heartbeat)(
+            updated = await db_sync_to_async(operation_heartbeat)(
                 operation_id=self.op.id, owner=self.owner, progress=fraction, text=text
             )
             if updated is not None:
@@ -520,14 +516,14 @@ class _OperationRun:
 
         text, usage = await llm.complete_text(messages=messages)
         if usage is not None:
-            await database_sync_to_async(store.usage_record)(
+            await db_sync_to_async(store.usage_record)(
                 session_id=self.op.session_id, usage=usage, model=settings.CHAT_MODEL
             )
         return text
 
     async def run(self) -> str:
         op = self.op
-        owner_id = await database_sync_to_async(store.session_owner)(session_id=op.session_id)
+        owner_id = await db_sync_to_async(store.session_owner)(session_id=op.session_id)
         context = ToolContext(
             session_id=op.session_id,
             owner_id=owner_id,
@@ -551,7 +547,7 @@ class _OperationRun:
             with contextlib.suppress(asyncio.CancelledError):
                 await beat
             runtime.operation_finished(op.id)
-        finished = await database_sync_to_async(operation_complete)(
+        finished = await db_sync_to_async(operation_complete)(
             operation_id=op.id, owner=self.owner, ok=outcome.ok, content=outcome.content
         )
         if finished is None:
@@ -576,5 +572,5 @@ async def _continue_conversation(op: Operation) -> None:
     from sessions_app import turns
 
     notice = FINISHED_NOTICE.format(call_id=op.tool_call_id, tool=op.tool_name)
-    owner_id = await database_sync_to_async(store.session_owner)(session_id=op.session_id)
+    owner_id = await db_sync_to_async(store.session_owner)(session_id=op.session_id)
     await turns.turn_continue(session_id=op.session_id, owner_id=owner_id, notice=notice)

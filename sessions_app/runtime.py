@@ -176,9 +176,9 @@ async def drain() -> None:
 
 
 def _db(fn: Callable[..., Any]) -> Callable[..., Any]:
-    from channels.db import database_sync_to_async
+    from sessions_app.db import db_sync_to_async
 
-    return database_sync_to_async(fn)
+    return db_sync_to_async(fn)
 
 
 def _log_tasks() -> None:

@@ -12,9 +12,8 @@ from __future__ import annotations
 import uuid
 from typing import Any
 
-from channels.db import database_sync_to_async
-
 from sessions_app import events, leases, operations, store
+from sessions_app.db import db_sync_to_async
 from sessions_app.llm import model_info
 from sessions_app.schemas import ChatMessageData
 from sessions_app.turn_steps import message_out
@@ -48,13 +47,11 @@ def _with_deltas(messages: list[ChatMessageData], log: list[events.Event], head:
 async def snapshot_build(session_id: uuid.UUID, owner_id: int) -> dict[str, Any]:
     """The ``snapshot`` frame of a session. Raises ``SessionNotFound``."""
     head = await events.event_head(session_id)
-    state = await database_sync_to_async(store.session_get)(
-        session_id=session_id, owner_id=owner_id
-    )
+    state = await db_sync_to_async(store.session_get)(session_id=session_id, owner_id=owner_id)
     messages = [m.model_copy() for m in state.messages]
     _with_deltas(messages, await events.events_recent(session_id), head)
-    ops = await database_sync_to_async(operations.operations_of)(session_id=session_id)
-    live_turn = await database_sync_to_async(leases.turn_lease_live)(session_id=session_id)
+    ops = await db_sync_to_async(operations.operations_of)(session_id=session_id)
+    live_turn = await db_sync_to_async(leases.turn_lease_live)(session_id=session_id)
     info = model_info()
     return {
         "type": "snapshot",

@@ -14,10 +14,10 @@ import uuid
 from dataclasses import dataclass, field
 from typing import Any
 
-from channels.db import database_sync_to_async
 from django.conf import settings
 
 from sessions_app import context_window, events, llm, operations, store
+from sessions_app.db import db_sync_to_async
 from sessions_app.errors import LimitExceeded, StoreWriteError
 from sessions_app.schemas import ChatMessageData, MessageOut, Usage
 from sessions_app.tools.base import ToolContext
@@ -178,7 +178,7 @@ class TurnRunner:
 
     async def update(self, message: ChatMessageData, **changes: Any) -> ChatMessageData:
         assert message.sequence is not None
-        return await database_sync_to_async(store.message_update)(
+        return await db_sync_to_async(store.message_update)(
             session_id=self.sid, sequence=message.sequence, changes=changes
         )
 
@@ -216,7 +216,7 @@ class TurnRunner:
 
     async def model_messages(self, tools: list[dict[str, Any]]) -> list[dict[str, Any]]:
         """The history within the token budget (``context_window``; raises ``ContextTooLong``)."""
-        state = await database_sync_to_async(store.session_get)(session_id=self.sid)
+        state = await db_sync_to_async(store.session_get)(session_id=self.sid)
         notice, self.notice = self.notice, None
         return await context_window.session_view(
             state, tools=tools, notice=notice, on_usage=self.record_usage
@@ -224,7 +224,7 @@ class TurnRunner:
 
     async def stream_step(self, tools: list[dict[str, Any]]) -> list[llm.ToolCallRequest]:
         messages = await self.model_messages(tools)
-        [placeholder] = await database_sync_to_async(store.messages_append)(
+        [placeholder] = await db_sync_to_async(store.messages_append)(
             session_id=self.sid,
             messages=[ChatMessageData(role="assistant", content="", status="streaming")],
         )
@@ -264,7 +264,7 @@ class TurnRunner:
         return calls
 
     async def record_usage(self, usage: Usage) -> None:
-        totals = await database_sync_to_async(store.usage_record)(
+        totals = await db_sync_to_async(store.usage_record)(
             session_id=self.sid, usage=usage, model=settings.CHAT_MODEL
         )
         self.usage = Usage(
@@ -280,7 +280,7 @@ class TurnRunner:
 
     async def run_tools(self, calls: list[llm.ToolCallRequest]) -> None:
         """Run the step's tool calls in parallel; long-running ones become operations."""
-        pending = await database_sync_to_async(store.messages_append)(
+        pending = await db_sync_to_async(store.messages_append)(
             session_id=self.sid,
             messages=[
                 ChatMessageData(role="tool", name=c.name, tool_call_id=c.id, status="pending")
@@ -337,7 +337,7 @@ class TurnRunner:
         self, call: llm.ToolCallRequest, message: ChatMessageData, arguments: Any
     ) -> None:
         try:
-            op, created, stored = await database_sync_to_async(operations.operation_create)(
+            op, created, stored = await db_sync_to_async(operations.operation_create)(
                 session_id=self.sid,
                 message=message,
                 tool_name=call.name,

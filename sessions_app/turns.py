@@ -23,11 +23,11 @@ import uuid
 from dataclasses import dataclass
 from typing import Any
 
-from channels.db import database_sync_to_async
 from channels.layers import get_channel_layer
 from django.conf import settings
 
 from sessions_app import events, leases, limits, llm, runtime, store
+from sessions_app.db import db_sync_to_async
 from sessions_app.errors import LimitExceeded, Refused, SessionNotFound
 from sessions_app.loop_local import LoopLocal
 from sessions_app.schemas import ChatMessageData
@@ -99,7 +99,7 @@ def turn_running(session_id: uuid.UUID) -> bool:
 async def _acquire(turn: _Turn) -> bool:
     """Take the session's lease for ``turn``; raises ``LimitExceeded`` (too many turns)."""
     return bool(
-        await database_sync_to_async(leases.turn_lease_acquire)(
+        await db_sync_to_async(leases.turn_lease_acquire)(
             session_id=turn.session_id,
             turn_id=turn.turn_id,
             owner=runtime.process_id(),
@@ -130,7 +130,7 @@ async def turn_start(
     user_message = ChatMessageData(
         role="user", content=content, client_message_id=client_message_id
     )
-    begin = database_sync_to_async(_begin)
+    begin = db_sync_to_async(_begin)
     try:
         await limits.check_message_rate(owner_id=owner_id)
         if session_id in _running:
@@ -229,7 +229,7 @@ def _detached(coro: Any, name: str) -> asyncio.Task[Any]:
 
 
 async def _release(turn: _Turn) -> None:
-    await database_sync_to_async(leases.turn_lease_release)(
+    await db_sync_to_async(leases.turn_lease_release)(
         session_id=turn.session_id, turn_id=turn.turn_id
     )
 
@@ -237,7 +237,7 @@ async def _release(turn: _Turn) -> None:
 async def _existing_message(
     session_id: uuid.UUID, owner_id: int, client_message_id: str
 ) -> ChatMessageData | None:
-    message: ChatMessageData | None = await database_sync_to_async(store.message_by_client_id)(
+    message: ChatMessageData | None = await db_sync_to_async(store.message_by_client_id)(
         session_id=session_id, owner_id=owner_id, client_message_id=client_message_id
     )
     return message
@@ -289,7 +289,7 @@ async def _keep_lease(turn: _Turn) -> None:
     while True:
         await asyncio.sleep(settings.CHAT_HEARTBEAT_SECONDS)
         try:
-            renewed = await database_sync_to_async(leases.turn_lease_renew)(
+            renewed = await db_sync_to_async(leases.turn_lease_renew)(
                 session_id=turn.session_id, turn_id=turn.turn_id
             )
         except Exception:
@@ -435,7 +435,7 @@ async def background_wait() -> None:
 async def _make_title(session_id: uuid.UUID) -> None:
     """Give a session whose first exchange just finished a title (unless it has one)."""
     try:
-        state = await database_sync_to_async(store.session_get)(session_id=session_id)
+        state = await db_sync_to_async(store.session_get)(session_id=session_id)
         users = [m for m in state.messages if m.role == "user"]
         if state.title or len(users) != 1:
             return
@@ -448,7 +448,7 @@ async def _make_title(session_id: uuid.UUID) -> None:
         title = " ".join(text.strip().strip("\"'").split())[: settings.CHAT_TITLE_MAX_LENGTH]
         if not title:
             return
-        meta = await database_sync_to_async(store.session_title_set_if_empty)(
+        meta = await db_sync_to_async(store.session_title_set_if_empty)(
             session_id=session_id, title=title
         )
         if meta is not None:
@@ -465,11 +465,9 @@ async def _make_title(session_id: uuid.UUID) -> None:
 async def _recover(session_id: uuid.UUID, turn_id: uuid.UUID) -> bool:
     """Finish what a dead turn left: take its lease away first (so a turn that renewed it
     meanwhile is left alone), then keep its text, marked interrupted."""
-    if not await database_sync_to_async(leases.turn_lease_break)(
-        session_id=session_id, turn_id=turn_id
-    ):
+    if not await db_sync_to_async(leases.turn_lease_break)(session_id=session_id, turn_id=turn_id):
         return False
-    changed = await database_sync_to_async(store.messages_interrupt_unfinished)(
+    changed = await db_sync_to_async(store.messages_interrupt_unfinished)(
         session_id=session_id, tool_content=INTERRUPTED_TOOL_RESULT
     )
     logger.warning("turn %s of session %s was stale: interrupted", turn_id, session_id)
@@ -490,7 +488,7 @@ async def _recover(session_id: uuid.UUID, turn_id: uuid.UUID) -> bool:
 
 async def turns_sweep() -> None:
     """Recover turns whose process died: their streaming text is kept, marked interrupted."""
-    stale = await database_sync_to_async(leases.turn_leases_stale)()
+    stale = await db_sync_to_async(leases.turn_leases_stale)()
     for session_id, turn_id in stale:
         if session_id in _running:
             continue  # ours and alive (this process was only slow to renew)
@@ -499,7 +497,7 @@ async def turns_sweep() -> None:
 
 async def _recover_stale_turn(session_id: uuid.UUID) -> None:
     """Before a new turn takes a stale lease, finish the dead turn that held it."""
-    stale = await database_sync_to_async(leases.turn_leases_stale)(session_id=session_id)
+    stale = await db_sync_to_async(leases.turn_leases_stale)(session_id=session_id)
     for sid, turn_id in stale:
         if sid not in _running:
             await _recover(sid, turn_id)

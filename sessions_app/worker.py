@@ -14,7 +14,6 @@ import contextlib
 import logging
 from typing import Any
 
-from channels.db import database_sync_to_async
 from django.db.utils import OperationalError
 from django.tasks import DEFAULT_TASK_BACKEND_ALIAS
 from django.tasks.base import DEFAULT_TASK_QUEUE_NAME
@@ -22,6 +21,7 @@ from django_tasks_db.models import DBTaskResult
 from django_tasks_db.utils import exclusive_transaction, is_locked_database_exception
 
 from sessions_app import runtime
+from sessions_app.db import db_sync_to_async
 
 logger = logging.getLogger(__name__)
 
@@ -65,7 +65,7 @@ async def _record(result: DBTaskResult, setter: Any, outcome: Any) -> None:
     """Write the task's end to its row. The row is bookkeeping (the operation row holds the
     outcome), so a row deleted meanwhile (a purge of old results) is only logged."""
     try:
-        await database_sync_to_async(setter)(outcome)
+        await db_sync_to_async(setter)(outcome)
     except DBTaskResult.NotUpdated:
         logger.info("task %s: its row was deleted before it finished", result.id)
 
@@ -84,7 +84,7 @@ async def worker_loop(wake: asyncio.Event) -> None:
             if runtime.draining():
                 break
             try:
-                result = await database_sync_to_async(_claim)(worker_id)
+                result = await db_sync_to_async(_claim)(worker_id)
             except Exception:
                 logger.exception("could not read the task queue")
                 result = None

@@ -566,3 +566,40 @@ async def test_events_keep_flowing_while_other_sessions_stream(
     await asyncio.gather(finish_turn(first), finish_turn(second))
     assert first.view.contents() == await db_messages(session_id)
     assert second.view.contents() == await db_messages(other_id)
+
+
+@pytest.mark.postgres
+async def test_database_calls_on_several_threads(
+    owner: Any, session_id: uuid.UUID, settings: Any, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """CHAT_DATABASE_THREADS=3: turns of two sessions run their calls on the database
+    threads, every connection goes back to the pool, and what is stored is right."""
+    import threading
+
+    from django.db import connections
+
+    from sessions_app import store as store_module
+
+    settings.CHAT_DATABASE_THREADS = 3
+    threads: set[str] = set()
+    real_get = store_module.session_get
+
+    def recording_get(**kwargs: Any) -> Any:
+        threads.add(threading.current_thread().name)
+        return real_get(**kwargs)
+
+    monkeypatch.setattr(store_module, "session_get", recording_get)
+    other_id = (await database_sync_to_async(store.session_create)(owner_id=owner.pk)).id
+    first = await open_socket(owner, session_id)
+    second = await open_socket(owner, other_id)
+    for _ in range(2):
+        await first.send(send_frame("/words 30"))
+        await second.send(send_frame("/words 30"))
+        await asyncio.gather(finish_turn(first), finish_turn(second))
+    assert first.view.contents() == await db_messages(session_id)
+    assert second.view.contents() == await db_messages(other_id)
+    assert threads and all(name.startswith("database") for name in threads)
+    stats = connections["default"].pool.get_stats()
+    # Only the test's own thread and channels' thread (whose clean-up channels' test
+    # communicator turns off) may still hold a connection.
+    assert stats["pool_size"] - stats["pool_available"] <= 2

@@ -114,13 +114,23 @@ TEMPLATES = [
 
 # --- Database -------------------------------------------------------------------------
 VAR_DIR.mkdir(exist_ok=True)
+_POOL_MAX_SIZE = env_int("DATABASE_POOL_MAX_SIZE", default=4)
 DATABASES: dict[str, dict[str, Any]] = {
     "default": database_from_env(
         "DATABASE_URL",
         default_sqlite_path=str(VAR_DIR / "db.sqlite3"),
-        pool_max_size=env_int("DATABASE_POOL_MAX_SIZE", default=4),
+        pool_max_size=_POOL_MAX_SIZE,
     ),
 }
+# Threads that run the database calls of async code (sessions_app/db.py). One by default:
+# on the measured machine (PostgreSQL on the same host) more threads shortened the queue of
+# database calls but slowed the event loop as much (GIL); with a remote database, whose
+# round trips a single thread waits through one by one, more can pay. SQLite: always one.
+CHAT_DATABASE_THREADS = (
+    env_int("CHAT_DATABASE_THREADS", default=1, minimum=1)
+    if DATABASES["default"]["ENGINE"].endswith("postgresql")
+    else 1
+)
 DEFAULT_AUTO_FIELD = "django.db.models.BigAutoField"
 
 # --- Redis: cache and channel layer ---------------------------------------------------

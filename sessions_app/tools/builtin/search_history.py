@@ -6,10 +6,10 @@ never from the model's arguments, so no prompt can make it read another user's m
 
 from __future__ import annotations
 
-from channels.db import database_sync_to_async
 from pydantic import BaseModel, ConfigDict, Field
 
 from sessions_app import store
+from sessions_app.db import db_sync_to_async
 from sessions_app.schemas import MessageSearchHit
 from sessions_app.tools.base import BaseTool, ToolContext
 
@@ -40,9 +40,9 @@ class SearchHistory(BaseTool):
     Arguments = SearchHistoryArguments
 
     async def run(self, arguments: SearchHistoryArguments, context: ToolContext) -> str:
-        # database_sync_to_async (asgiref's sync_to_async plus closing the thread's stale
+        # db_sync_to_async (asgiref's sync_to_async plus closing the thread's stale
         # connection): a turn is not a request, so nothing else would ever close it.
-        hits = await database_sync_to_async(store.messages_search)(
+        hits = await db_sync_to_async(store.messages_search)(
             owner_id=context.owner_id, query=arguments.query, limit=arguments.limit
         )
         if not hits:
