@@ -205,12 +205,13 @@ class ChatConsumer(AsyncWebsocketConsumer):
                 self.delivered = event["seq"]
 
     async def session_event(self, message: dict[str, Any]) -> None:
-        """A live event of the session, from the channel layer."""
-        event = message["event"]
-        if self.delivered is None or event["seq"] <= self.delivered:
+        """A live event of the session, from the channel layer (its frame already made)."""
+        seq = message["seq"]
+        if self.delivered is None or seq <= self.delivered:
             return
-        if event["seq"] == self.delivered + 1:
-            await self.send_events([event])
+        if seq == self.delivered + 1:
+            await self.send(text_data=message["frame"])
+            self.delivered = seq
             return
         # A gap: the layer reordered or lost events. The log has every seq up to this one.
         await self.catch_up()

@@ -35,6 +35,7 @@ from redis import asyncio as aioredis
 
 from sessions_app import runtime, store
 from sessions_app.db import db_sync_to_async
+from sessions_app.loop_local import LoopLocal
 from sessions_app.redis_clients import redis_client
 
 logger = logging.getLogger(__name__)
@@ -161,9 +162,15 @@ class RedisEventLog:
     def __init__(self, url: str, size: int) -> None:
         self.url = url
         self.size = size
+        self._scripts: LoopLocal[Any] = LoopLocal()
 
     def _redis(self) -> aioredis.Redis:
         return redis_client(self.url)
+
+    def _append_script(self) -> Any:
+        """The append script of the running loop's client: called with EVALSHA, so its text
+        travels once per connection (again only after Redis forgot it), not with every event."""
+        return self._scripts.get(lambda: self._redis().register_script(_APPEND_SCRIPT))
 
     def _keys(self, session_id: uuid.UUID) -> list[str]:
         base = f"{settings.CHAT_CACHE_PREFIX}:events:v1:{session_id}"
@@ -173,10 +180,11 @@ class RedisEventLog:
         payload = json.dumps(event)
         keys = self._keys(session_id)
         args: list[str | int] = [payload, self.size, LOG_TTL_SECONDS]
-        seq = int(await self._redis().eval(_APPEND_SCRIPT, 2, *keys, *args, ""))
+        script = self._append_script()
+        seq = int(await script(keys=keys, args=[*args, ""]))
         if seq == -1:
             floor = await _floor(session_id)
-            seq = int(await self._redis().eval(_APPEND_SCRIPT, 2, *keys, *args, floor))
+            seq = int(await script(keys=keys, args=[*args, floor]))
         return seq
 
     async def since(self, session_id: uuid.UUID, after: int) -> list[Event] | None:
@@ -251,9 +259,9 @@ async def event_publish(session_id: uuid.UUID, event_type: str, **fields: Any) -
     layer = get_channel_layer()
     if layer is not None:
         try:
-            await layer.group_send(
-                group_name(session_id), {"type": "session.event", "event": event}
-            )
+            # The frame's text is made once here, not once per socket that relays it.
+            message = {"type": "session.event", "seq": seq, "frame": json.dumps(event)}
+            await layer.group_send(group_name(session_id), message)
         except Exception:
             logger.warning(
                 "could not send event %s of session %s live", seq, session_id, exc_info=True
