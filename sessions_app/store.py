@@ -427,6 +427,27 @@ def message_update(
     return updated
 
 
+def message_checkpoint(*, session_id: uuid.UUID | str, sequence: int, content: str) -> bool:
+    """Write the text streamed so far into a message that is still streaming.
+
+    The light write of a checkpoint, made every ``CHAT_CHECKPOINT_MS`` of every streaming
+    answer: one ``UPDATE`` (no lock on the session row, ``ChatSession.updated_at`` left for
+    the final write), then the message's cache entry dropped so readers load the row. A
+    reader that loaded the row just before may put the previous text back in the cache
+    until the next checkpoint; snapshots fill streaming text from the event log anyway.
+    Returns ``False`` when the message no longer streams (it was completed meanwhile).
+    """
+    sid = _as_uuid(session_id)
+    try:
+        written = ChatMessage.objects.filter(
+            session_id=sid, sequence=sequence, status="streaming"
+        ).update(content=content, updated_at=timezone.now())
+    except DatabaseError as exc:
+        raise _write_failed(f"message {sequence}", sid, exc) from exc
+    _best_effort("delete", sid, lambda: session_cache.message_forget(sid, sequence))
+    return written == 1
+
+
 def usage_record(
     *, session_id: uuid.UUID | str, usage: Usage, model: str = "", owner_id: int | None = None
 ) -> Usage:

@@ -139,8 +139,12 @@ class Checkpoints:
 
     async def write(self) -> None:
         length, text = self.step.length, "".join(self.step.text)
+        sequence = self.step.message.sequence
+        assert sequence is not None
         try:
-            self.step.message = await self.runner.update(self.step.message, content=text)
+            await db_sync_to_async(store.message_checkpoint)(
+                session_id=self.runner.sid, sequence=sequence, content=text
+            )
         except StoreWriteError:
             # The final write decides; a crash before it loses a little more text.
             logger.warning("checkpoint of session %s failed", self.runner.sid, exc_info=True)

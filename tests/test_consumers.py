@@ -270,16 +270,16 @@ async def test_a_slow_checkpoint_does_not_hold_the_stream(
     from sessions_app import turn_steps
 
     settings.CHAT_CHECKPOINT_SECONDS = 0.01
-    real_update = turn_steps.store.message_update
+    real_checkpoint = turn_steps.store.message_checkpoint
     stuck, release = threading.Event(), threading.Event()
 
     def slow_checkpoint(**kwargs: Any) -> Any:
-        if set(kwargs["changes"]) == {"content"} and not stuck.is_set():
+        if not stuck.is_set():
             stuck.set()
             release.wait(FRAME_TIMEOUT)
-        return real_update(**kwargs)
+        return real_checkpoint(**kwargs)
 
-    monkeypatch.setattr(turn_steps.store, "message_update", slow_checkpoint)
+    monkeypatch.setattr(turn_steps.store, "message_checkpoint", slow_checkpoint)
     socket = await open_socket(owner, session_id)
     try:
         await socket.send(send_frame("/words 60"))

@@ -332,6 +332,29 @@ def test_message_update_changes_one_message(owner: Any) -> None:
     ]
 
 
+def test_a_checkpoint_writes_a_streaming_message_only(owner: Any) -> None:
+    sid = make_session(owner, 1)
+    [streaming] = store.messages_append(
+        session_id=sid,
+        messages=[ChatMessageData(role="assistant", content="", status="streaming")],
+    )
+    assert streaming.sequence == 2
+    touched = ChatSession.objects.get(pk=sid).updated_at
+    store.session_get(session_id=sid)  # cached with its empty text
+    assert store.message_checkpoint(session_id=sid, sequence=2, content="so far")
+    # Readers see the new text (the cached entry was dropped), the session row is untouched.
+    assert store.session_get(session_id=sid).messages[1].content == "so far"
+    assert ChatSession.objects.get(pk=sid).updated_at == touched
+    store.message_update(
+        session_id=sid, sequence=2, changes={"content": "done", "status": "complete"}
+    )
+    # A checkpoint that lands after the final write changes nothing.
+    assert not store.message_checkpoint(session_id=sid, sequence=2, content="so")
+    assert store.session_get(session_id=sid).messages[1].content == "done"
+    assert not store.message_checkpoint(session_id=sid, sequence=1, content="user text")
+    assert ChatMessage.objects.get(session_id=sid, sequence=1).content == "m1"
+
+
 def test_message_update_rejects_bad_changes_and_keeps_data(owner: Any) -> None:
     sid = make_session(owner, 1)
     with pytest.raises(ValueError, match="not updatable: role"):
