@@ -6,6 +6,12 @@ from redis import asyncio as aioredis
 
 from sessions_app.loop_local import LoopLocal
 
+# Connections a loop's client opens to one Redis at most. More callers than this wait (up
+# to POOL_WAIT_SECONDS) for one to come back: redis-py's default pool raised
+# MaxConnectionsError instead, which 500 sockets closing at once reached (the stream bench).
+POOL_MAX_CONNECTIONS = 100
+POOL_WAIT_SECONDS = 2
+
 _clients: LoopLocal[dict[str, aioredis.Redis]] = LoopLocal()
 
 
@@ -14,8 +20,13 @@ def redis_client(url: str) -> aioredis.Redis:
     per_loop = _clients.get(dict)
     client = per_loop.get(url)
     if client is None:
-        client = aioredis.Redis.from_url(
-            url, socket_connect_timeout=1, socket_timeout=2, health_check_interval=10
+        pool = aioredis.BlockingConnectionPool.from_url(
+            url,
+            max_connections=POOL_MAX_CONNECTIONS,
+            timeout=POOL_WAIT_SECONDS,
+            socket_connect_timeout=1,
+            socket_timeout=2,
+            health_check_interval=10,
         )
-        per_loop[url] = client
+        client = per_loop[url] = aioredis.Redis(connection_pool=pool)
     return client

@@ -7,7 +7,9 @@ import gc
 import weakref
 from dataclasses import dataclass
 
+import pytest
 from asgiref.sync import async_to_sync
+from django.conf import settings
 
 from sessions_app import llm, redis_clients
 from sessions_app.loop_local import LoopLocal
@@ -50,3 +52,17 @@ def test_the_project_clients_do_not_pile_up_across_loops() -> None:
         async_to_sync(use)()
     assert len(redis_clients._clients) == 1
     assert len(llm._clients) == 1
+
+
+@pytest.mark.redis
+async def test_more_callers_than_pooled_connections_wait_for_one() -> None:
+    """Twice as many callers as the pool has connections, each holding one for a moment
+    (a blocking pop with a timeout): all get their answer, none an error."""
+    client = redis_clients.redis_client(settings.REDIS_URL)
+    callers = 2 * redis_clients.POOL_MAX_CONNECTIONS
+    results = await asyncio.gather(
+        *(client.blpop([f"chatproject-test:empty:{i}"], timeout=0.2) for i in range(callers)),
+        return_exceptions=True,
+    )
+    assert results == [None] * callers
+    await client.aclose()
