@@ -5,11 +5,12 @@
 
 It speaks just enough of docs/protocol.md for the bench's client: ``resume`` gets a
 ``snapshot`` (with only its ``seq``), ``send`` gets an ``ack`` and then a turn relayed from
-the model with the same ``openai`` SDK call the server makes (``AsyncOpenAI``, streaming,
-``include_usage``): ``message_created``, one ``text_delta`` per content chunk, then
-``message_updated`` with the whole text and ``turn_finished``. Every event carries a
-per-socket ``seq``. No authentication, database, cache, event log or channel layer: what is
-left is daphne, the websocket, the model client and JSON, i.e. what any server relaying the
+the model with the same ``openai`` SDK call the server makes (``AsyncOpenAI.post`` streaming
+``/chat/completions`` with ``include_usage``, chunks kept as parsed JSON):
+``message_created``, one ``text_delta`` per content chunk, then ``message_updated`` with the
+whole text and ``turn_finished``. Every event carries a per-socket ``seq``. No
+authentication, database, cache, event log or channel layer: what is left is daphne, the
+websocket, the model client and JSON, i.e. what any server relaying the
 model's tokens over a websocket has to pay.
 """
 
@@ -22,6 +23,7 @@ import sys
 import traceback
 from typing import Any
 
+import openai
 from openai import AsyncOpenAI
 
 Scope = dict[str, Any]
@@ -66,18 +68,25 @@ class Socket:
         sequence = self.messages
         message = {"sequence": sequence, "role": "assistant", "content": "", "status": "streaming"}
         await self.frame({"type": "message_created", "message": dict(message)})
-        stream = await client().chat.completions.create(
-            model="chatproject-local",
-            messages=[{"role": "user", "content": content}],
+        body = {
+            "model": "chatproject-local",
+            "messages": [{"role": "user", "content": content}],
+            "stream": True,
+            "stream_options": {"include_usage": True},
+        }
+        stream = await client().post(
+            "/chat/completions",
+            body=body,
+            cast_to=object,
             stream=True,
-            stream_options={"include_usage": True},
+            stream_cls=openai.AsyncStream[object],
         )
         text: list[str] = []
         length = 0
         async for chunk in stream:
-            for choice in chunk.choices:
-                piece = choice.delta.content
-                if choice.index == 0 and piece:
+            for choice in chunk.get("choices") or []:  # type: ignore[attr-defined]
+                piece = choice["delta"].get("content")
+                if choice["index"] == 0 and piece:
                     await self.frame(
                         {
                             "type": "text_delta",

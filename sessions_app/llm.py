@@ -116,6 +116,20 @@ class _PartialCall:
     arguments: list[str] = field(default_factory=list)
 
 
+def _add_call_delta(calls: dict[int, _PartialCall], call_delta: Any) -> None:
+    """Add one streamed piece of a tool call (its id, name, a slice of its arguments)."""
+    if not isinstance(call_delta, dict):
+        return
+    partial = calls.setdefault(int(call_delta.get("index") or 0), _PartialCall())
+    partial.id = partial.id or storable_text(str(call_delta.get("id") or ""))
+    function = call_delta.get("function")
+    if isinstance(function, dict):
+        partial.name = partial.name or storable_text(str(function.get("name") or ""))
+        arguments = function.get("arguments")
+        if isinstance(arguments, str) and arguments:
+            partial.arguments.append(storable_text(arguments))
+
+
 def _server_message(exc: openai.APIStatusError) -> str:
     body = exc.body
     message = ""
@@ -202,29 +216,38 @@ async def stream_chat(
     usage: Usage | None = None
     started = False
     try:
-        stream = await _client().chat.completions.create(**kwargs)
+        # The SDK's generic POST with ``cast_to=object``: its request building, auth,
+        # timeouts, retries, SSE decoding and errors, but each chunk stays the parsed JSON
+        # instead of becoming pydantic objects, the largest cost of a streamed token in a
+        # busy server process (docs/performance.md).
+        stream = await _client().post(
+            "/chat/completions",
+            body=kwargs,
+            cast_to=object,
+            stream=True,
+            stream_cls=openai.AsyncStream[object],
+        )
         async for chunk in stream:
             started = True
-            if chunk.usage is not None:
+            if not isinstance(chunk, dict):
+                continue
+            reported = chunk.get("usage")
+            if isinstance(reported, dict):
                 usage = Usage(
-                    prompt_tokens=chunk.usage.prompt_tokens or 0,
-                    completion_tokens=chunk.usage.completion_tokens or 0,
+                    prompt_tokens=reported.get("prompt_tokens") or 0,
+                    completion_tokens=reported.get("completion_tokens") or 0,
                 )
-            for choice in chunk.choices:
-                if choice.index != 0:
+            for choice in chunk.get("choices") or []:
+                if not isinstance(choice, dict) or choice.get("index", 0) != 0:
                     continue
-                delta = choice.delta
-                if delta.content:
-                    yield TextDelta(storable_text(delta.content))
-                for call_delta in delta.tool_calls or []:
-                    partial = calls.setdefault(call_delta.index, _PartialCall())
-                    partial.id = partial.id or storable_text(call_delta.id or "")
-                    if call_delta.function is not None:
-                        partial.name = partial.name or storable_text(call_delta.function.name or "")
-                        if call_delta.function.arguments:
-                            partial.arguments.append(storable_text(call_delta.function.arguments))
-                if choice.finish_reason:
-                    finish_reason = choice.finish_reason
+                delta = choice.get("delta") or {}
+                content = delta.get("content")
+                if isinstance(content, str) and content:
+                    yield TextDelta(storable_text(content))
+                for call_delta in delta.get("tool_calls") or []:
+                    _add_call_delta(calls, call_delta)
+                if choice.get("finish_reason"):
+                    finish_reason = str(choice["finish_reason"])
     except asyncio.CancelledError:
         raise
     except Exception as exc:
