@@ -43,6 +43,16 @@ from sessions_app.snapshots import snapshot_build
 
 logger = logging.getLogger(__name__)
 
+# What a server raises for a frame sent on a closed socket: the ASGI spec asks for an
+# OSError; daphne raises autobahn's Disconnected (a RuntimeError).
+_SOCKET_CLOSED: tuple[type[Exception], ...] = (OSError,)
+try:
+    from autobahn.exception import Disconnected
+except ImportError:  # another ASGI server
+    pass
+else:
+    _SOCKET_CLOSED = (OSError, Disconnected)
+
 CLOSE_NOT_AUTHENTICATED = 4401
 CLOSE_NOT_FOUND = 4404
 CLOSE_LIMITED = 4429
@@ -196,12 +206,12 @@ class ChatConsumer(AsyncWebsocketConsumer):
     async def send_snapshot(self) -> None:
         snapshot = await snapshot_build(self.session_id, self.owner_id)
         self.delivered = snapshot["seq"]
-        await self.send(text_data=json.dumps(snapshot))
+        await self.send_text(json.dumps(snapshot))
 
     async def send_events(self, batch: list[events.Event]) -> None:
         for event in batch:
             if self.delivered is not None and event["seq"] > self.delivered:
-                await self.send(text_data=json.dumps(event))
+                await self.send_text(json.dumps(event))
                 self.delivered = event["seq"]
 
     async def session_event(self, message: dict[str, Any]) -> None:
@@ -210,7 +220,7 @@ class ChatConsumer(AsyncWebsocketConsumer):
         if self.delivered is None or seq <= self.delivered:
             return
         if seq == self.delivered + 1:
-            await self.send(text_data=message["frame"])
+            await self.send_text(message["frame"])
             self.delivered = seq
             return
         # A gap: the layer reordered or lost events. The log has every seq up to this one.
@@ -218,8 +228,20 @@ class ChatConsumer(AsyncWebsocketConsumer):
 
     # --- helpers ------------------------------------------------------------------------------
 
+    async def send_text(self, text: str) -> None:
+        """Send a frame; a socket the client has just closed gets nothing, without an error.
+
+        A frame can be on its way when the client goes (a ``pong`` for the ``ping`` it sent
+        just before closing): the server then refuses it (``_SOCKET_CLOSED``), and the
+        disconnect that follows cleans up.
+        """
+        try:
+            await self.send(text_data=text)
+        except _SOCKET_CLOSED as exc:
+            logger.debug("frame for a closed socket dropped: %s", exc)
+
     async def send_shape(self, shape: BaseModel) -> None:
-        await self.send(text_data=shape.model_dump_json(exclude_none=True))
+        await self.send_text(shape.model_dump_json(exclude_none=True))
 
     async def send_error(self, code: str, message: str, **extra: Any) -> None:
         await self.send_shape(ErrorFrame(code=code, message=message, **extra))

@@ -65,6 +65,15 @@ def _client() -> AsyncOpenAI:
     )
 
 
+async def clients_close() -> None:
+    """Close the running loop's client, for a loop about to end (the task worker runs each
+    operation on a loop of its own). Left to the garbage collector, the SDK closes it from
+    whatever loop runs then, whose transports it does not own: "Event loop is closed"."""
+    client = _clients.pop()
+    if client is not None:
+        await client.close()
+
+
 def _forget_clients(*, setting: str, **kwargs: Any) -> None:
     if setting.startswith(("CHAT_MODEL", "OPENAI_", "LOCAL_MODEL")):
         _clients.clear()

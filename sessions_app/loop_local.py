@@ -34,6 +34,12 @@ class LoopLocal[T]:
                 value = self._values[loop] = make()
             return value
 
+    def pop(self) -> T | None:
+        """Take the running loop's value away (to close it before its loop ends)."""
+        loop = asyncio.get_running_loop()
+        with self._lock:
+            return self._values.pop(loop, None)
+
     def clear(self) -> None:
         with self._lock:
             self._values.clear()

@@ -33,7 +33,7 @@ from django.db.models import Q
 from django.tasks import task
 from django.utils import timezone
 
-from sessions_app import events, limits, runtime, store
+from sessions_app import events, limits, llm, runtime, store
 from sessions_app.db import db_sync_to_async
 from sessions_app.models import ChatSession, Operation
 from sessions_app.schemas import ChatMessageData
@@ -466,12 +466,20 @@ async def publish_recovery(action: str, op: Operation, message: ChatMessageData 
 async def run_operation(operation_id: str) -> str:
     """Run one operation to its end. Safe to deliver twice: ``operation_claim`` decides."""
     owner = runtime.process_id()
-    op = await db_sync_to_async(operation_claim)(operation_id=uuid.UUID(operation_id), owner=owner)
-    if op is None:
-        return "skipped"
-    await events.event_publish(op.session_id, "operation_in_progress", operation=operation_out(op))
-    runner = _OperationRun(op, owner)
-    return await runner.run()
+    try:
+        op = await db_sync_to_async(operation_claim)(
+            operation_id=uuid.UUID(operation_id), owner=owner
+        )
+        if op is None:
+            return "skipped"
+        await events.event_publish(
+            op.session_id, "operation_in_progress", operation=operation_out(op)
+        )
+        runner = _OperationRun(op, owner)
+        return await runner.run()
+    finally:
+        if runtime.home_loop() is not asyncio.get_running_loop():
+            await llm.clients_close()  # a worker's loop of its own, ending with this task
 
 
 class _OperationRun:

@@ -224,6 +224,30 @@ async def test_a_cancel_from_another_process_stops_that_sessions_turn_only(
     assert second.view.contents() == await db_messages(other_id)
 
 
+async def test_a_frame_for_a_socket_the_client_just_closed_is_dropped_quietly(
+    owner: Any, session_id: uuid.UUID, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """daphne refuses a frame sent after the client closed (autobahn's Disconnected): the
+    consumer drops it and carries on instead of dying with an error in the log."""
+    from autobahn.exception import Disconnected
+    from channels.generic.websocket import AsyncWebsocketConsumer
+
+    real_send = AsyncWebsocketConsumer.send
+
+    async def closed_for_pongs(self: Any, text_data: str | None = None, **kwargs: Any) -> None:
+        if text_data is not None and '"pong"' in text_data:
+            raise Disconnected("Attempt to send on a closed protocol")
+        await real_send(self, text_data=text_data, **kwargs)
+
+    monkeypatch.setattr(AsyncWebsocketConsumer, "send", closed_for_pongs)
+    socket = await open_socket(owner, session_id)
+    await socket.send({"type": "ping", "id": "gone"})
+    await socket.send(send_frame("/words 3"))
+    frames = await finish_turn(socket)
+    assert "pong" not in [f["type"] for f in frames]
+    assert frames[-1]["status"] == "completed"
+
+
 async def test_pieces_arriving_while_a_delta_is_on_its_way_go_out_together(
     owner: Any, session_id: uuid.UUID, monkeypatch: pytest.MonkeyPatch
 ) -> None:
