@@ -96,16 +96,19 @@ def turn_running(session_id: uuid.UUID) -> bool:
     return session_id in _running
 
 
-async def _acquire(turn: _Turn) -> bool:
+def _take_lease(turn: _Turn) -> bool:
     """Take the session's lease for ``turn``; raises ``LimitExceeded`` (too many turns)."""
-    return bool(
-        await db_sync_to_async(leases.turn_lease_acquire)(
-            session_id=turn.session_id,
-            turn_id=turn.turn_id,
-            owner=runtime.process_id(),
-            owner_id=turn.owner_id,
-        )
+    return leases.turn_lease_acquire(
+        session_id=turn.session_id,
+        turn_id=turn.turn_id,
+        owner=runtime.process_id(),
+        owner_id=turn.owner_id,
     )
+
+
+async def _acquire(turn: _Turn) -> bool:
+    """``_take_lease`` from async code."""
+    return bool(await db_sync_to_async(_take_lease)(turn))
 
 
 async def turn_start(
@@ -170,10 +173,7 @@ def _begin(turn: _Turn, message: ChatMessageData) -> str | tuple[ChatMessageData
     sid = turn.session_id
     if leases.turn_leases_stale(session_id=sid):
         return "stale"
-    taken = leases.turn_lease_acquire(
-        session_id=sid, turn_id=turn.turn_id, owner=runtime.process_id(), owner_id=turn.owner_id
-    )
-    if not taken:
+    if not _take_lease(turn):
         return "busy"
     created = False
     try:
