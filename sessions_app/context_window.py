@@ -208,16 +208,10 @@ async def session_view(
 ) -> list[dict[str, Any]]:
     """The messages of the session's next model call. Raises ``ContextTooLong``; a failed
     summary only costs the summary (a warning is logged)."""
-    head, entries = _session_entries(state)
-    if notice:
-        entries.append(Entry(None, {"role": "developer", "content": notice}))
-    counter = counter_for(settings.CHAT_MODEL)
-    budget = context_budget()
-    plain = await asyncio.to_thread(
-        fit_entries, head, entries, tools=tools, budget=budget, counter=counter
-    )
-    if not plain.dropped or not settings.CHAT_CONTEXT_SUMMARY:
+    head, entries, plain = await _plain_view(state, tools=tools, notice=notice)
+    if not _needs_summary(plain):
         return plain.messages
+    counter = counter_for(settings.CHAT_MODEL)
     try:
         fitted = await _summarised(state, head, entries, plain, tools, counter, on_usage)
     except SessionNotFound:
@@ -226,6 +220,37 @@ async def session_view(
         logger.warning("no context summary for session %s", state.id, exc_info=True)
         return plain.messages
     return fitted.messages if fitted is not None else plain.messages
+
+
+async def session_view_unless_summarised(
+    state: SessionState, *, tools: list[dict[str, Any]] | None
+) -> list[dict[str, Any]] | None:
+    """``session_view`` when it needs no model call (no summary to write or read), else
+    ``None``; also ``None`` for ``ContextTooLong``, which ``session_view`` raises. For a turn
+    that prepares its first model call before it starts: nothing here writes or publishes."""
+    try:
+        _head, _entries, plain = await _plain_view(state, tools=tools, notice=None)
+    except ContextTooLong:
+        return None
+    return None if _needs_summary(plain) else plain.messages
+
+
+async def _plain_view(
+    state: SessionState, *, tools: list[dict[str, Any]] | None, notice: str | None
+) -> tuple[list[Entry], list[Entry], Fit]:
+    """The session's prompt and history, and what of them fits (no summary)."""
+    head, entries = _session_entries(state)
+    if notice:
+        entries.append(Entry(None, {"role": "developer", "content": notice}))
+    counter = counter_for(settings.CHAT_MODEL)
+    plain = await asyncio.to_thread(
+        fit_entries, head, entries, tools=tools, budget=context_budget(), counter=counter
+    )
+    return head, entries, plain
+
+
+def _needs_summary(plain: Fit) -> bool:
+    return bool(plain.dropped) and bool(settings.CHAT_CONTEXT_SUMMARY)
 
 
 def summary_message(text: str) -> dict[str, Any]:

@@ -10,11 +10,13 @@ from __future__ import annotations
 
 import uuid
 from datetime import datetime, timedelta
+from typing import Any
 
 from django.conf import settings
 from django.contrib.auth import get_user_model
 from django.db import transaction
-from django.db.models import Q
+from django.db.models import Q, Value
+from django.db.models.functions import Greatest
 from django.utils import timezone
 
 from sessions_app import limits
@@ -26,16 +28,25 @@ def _stale_before() -> datetime:
 
 
 def turn_lease_acquire(
-    *, session_id: uuid.UUID, turn_id: uuid.UUID, owner: str, owner_id: int
+    *,
+    session_id: uuid.UUID,
+    turn_id: uuid.UUID,
+    owner: str,
+    owner_id: int,
+    take_stale: bool = True,
 ) -> bool:
-    """Take the session's turn lease unless a live turn holds it.
+    """Take the session's turn lease unless a turn holds it: a live one, or (without
+    ``take_stale``) any, so that the caller can finish a dead turn's work first.
 
     Raises ``LimitExceeded`` (nothing taken) when the user already has
     ``CHAT_USER_MAX_RUNNING_TURNS`` live turns in other sessions. The user's row is locked
     while counting, so two sessions of one user starting at once cannot both slip past it.
+    Inside a caller's transaction it is part of it (no savepoint).
     """
-    free = Q(turn_id__isnull=True) | Q(turn_heartbeat_at__lt=_stale_before())
-    with transaction.atomic():
+    free = Q(turn_id__isnull=True)
+    if take_stale:
+        free |= Q(turn_heartbeat_at__lt=_stale_before())
+    with transaction.atomic(savepoint=False):
         get_user_model().objects.select_for_update().filter(pk=owner_id).first()
         taken = (
             ChatSession.objects.filter(free, pk=session_id).update(
@@ -67,10 +78,15 @@ def turn_lease_renew(*, session_id: uuid.UUID, turn_id: uuid.UUID) -> bool:
     return renewed == 1
 
 
-def turn_lease_release(*, session_id: uuid.UUID, turn_id: uuid.UUID) -> None:
-    ChatSession.objects.filter(pk=session_id, turn_id=turn_id).update(
-        turn_id=None, turn_owner="", turn_heartbeat_at=None
-    )
+def turn_lease_release(
+    *, session_id: uuid.UUID, turn_id: uuid.UUID, event_seq: int | None = None
+) -> None:
+    """Give the lease up; with ``event_seq``, raise the session's event seq floor to it in
+    the same update (``sessions_app.events``: where a lost counter restarts)."""
+    changes: dict[str, Any] = {"turn_id": None, "turn_owner": "", "turn_heartbeat_at": None}
+    if event_seq is not None:
+        changes["last_event_seq"] = Greatest("last_event_seq", Value(event_seq))
+    ChatSession.objects.filter(pk=session_id, turn_id=turn_id).update(**changes)
 
 
 def turn_lease_live(*, session_id: uuid.UUID) -> uuid.UUID | None:

@@ -13,6 +13,7 @@ from __future__ import annotations
 import logging
 import uuid
 from collections.abc import Callable, Sequence
+from datetime import datetime
 from typing import Any, NamedTuple
 
 from django.conf import settings
@@ -344,29 +345,44 @@ def messages_append(
     return saved
 
 
-def message_append_once(
-    *, session_id: uuid.UUID | str, message: ChatMessageData, owner_id: int | None = None
-) -> tuple[ChatMessageData, bool]:
-    """Append ``message`` unless one with its ``client_message_id`` is already stored.
+class AppendedOnce(NamedTuple):
+    """What ``message_append_once`` stored: the message, the ones that follow it (only
+    when it is new) and whether it is new."""
 
-    Returns the stored message and whether it is new: a retried send is stored once. The
-    check runs under the session row's lock, so two processes racing store it once too.
+    message: ChatMessageData
+    followers: list[ChatMessageData]
+    created: bool
+
+
+def message_append_once(
+    *,
+    session_id: uuid.UUID | str,
+    message: ChatMessageData,
+    owner_id: int | None = None,
+    followers: Sequence[ChatMessageData] = (),
+) -> AppendedOnce:
+    """Append ``message`` unless one with its ``client_message_id`` is already stored, and
+    ``followers`` after it when it is new (a turn's first reply, still empty).
+
+    A retried send is stored once: the check runs under the session row's lock, so two
+    processes racing store it once too. Inside a caller's transaction it is part of it (no
+    savepoint): a failure rolls the caller's work back as well.
     """
     sid = _as_uuid(session_id)
     try:
-        with transaction.atomic():
+        with transaction.atomic(savepoint=False):
             row = _locked_row(sid, owner_id)
             if message.client_message_id:
                 existing = ChatMessage.objects.filter(
                     session_id=sid, client_message_id=message.client_message_id
                 ).first()
                 if existing is not None:
-                    return _message_from_row(existing), False
-            [saved] = _append_locked(row, [message])
-            _after_messages_write(sid, [saved])
+                    return AppendedOnce(_message_from_row(existing), [], False)
+            saved = _append_locked(row, [message, *followers])
+            _after_messages_write(sid, saved)
     except DatabaseError as exc:
         raise _write_failed("the message", sid, exc) from exc
-    return saved, True
+    return AppendedOnce(saved[0], saved[1:], True)
 
 
 def session_save(*, session: SessionState, owner_id: int | None = None) -> SessionState:
@@ -394,6 +410,27 @@ def session_save(*, session: SessionState, owner_id: int | None = None) -> Sessi
     return SessionState(**_meta_from_row(row).model_dump(), messages=messages)
 
 
+def _message_change(sid: uuid.UUID, sequence: int, changes: dict[str, Any]) -> ChatMessageData:
+    """Change a message in place. Precondition: in ``transaction.atomic()`` with the session
+    row locked; the caller updates the session row's ``updated_at``."""
+    unknown = set(changes) - set(MESSAGE_UPDATABLE)
+    if unknown:
+        raise ValueError(f"message fields not updatable: {', '.join(sorted(unknown))}")
+    row = ChatMessage.objects.filter(session_id=sid, sequence=sequence).first()
+    if row is None:
+        raise LookupError(f"session {sid} has no message {sequence}")
+    for field, value in changes.items():
+        setattr(row, field, value)
+    row.updated_at = timezone.now()
+    updated = _message_from_row(row)  # validates the changes before they are saved
+    row.save(update_fields=[*changes, "updated_at"])
+    # Drop the entry before commit: a reader that misses it now back-fills the old row,
+    # and the set after commit overwrites that.
+    _forget_message(sid, sequence)
+    _after_messages_write(sid, [updated])
+    return updated
+
+
 def message_update(
     *,
     session_id: uuid.UUID | str,
@@ -402,29 +439,37 @@ def message_update(
     owner_id: int | None = None,
 ) -> ChatMessageData:
     """Change a saved message in place (a checkpointed stream, a finished tool result)."""
-    unknown = set(changes) - set(MESSAGE_UPDATABLE)
-    if unknown:
-        raise ValueError(f"message fields not updatable: {', '.join(sorted(unknown))}")
     sid = _as_uuid(session_id)
     try:
         with transaction.atomic():
             _locked_row(sid, owner_id)
-            row = ChatMessage.objects.filter(session_id=sid, sequence=sequence).first()
-            if row is None:
-                raise LookupError(f"session {sid} has no message {sequence}")
-            for field, value in changes.items():
-                setattr(row, field, value)
-            row.updated_at = timezone.now()
-            updated = _message_from_row(row)  # validates the changes before they are saved
-            row.save(update_fields=[*changes, "updated_at"])
-            ChatSession.objects.filter(pk=sid).update(updated_at=row.updated_at)
-            # Drop the entry before commit: a reader that misses it now back-fills the old
-            # row, and the set after commit overwrites that.
-            _best_effort("delete", sid, lambda: session_cache.message_forget(sid, sequence))
-            _after_messages_write(sid, [updated])
+            updated = _message_change(sid, sequence, changes)
+            ChatSession.objects.filter(pk=sid).update(updated_at=updated.updated_at)
     except DatabaseError as exc:
         raise _write_failed(f"message {sequence}", sid, exc) from exc
     return updated
+
+
+def message_complete(
+    *,
+    session_id: uuid.UUID | str,
+    sequence: int,
+    changes: dict[str, Any],
+    usage: Usage | None,
+    model: str = "",
+) -> tuple[ChatMessageData, Usage | None]:
+    """The last write of a model call: its message changed in place and its token usage
+    recorded, in one transaction. Returns the message and the session's usage totals
+    (``None`` without ``usage``)."""
+    sid = _as_uuid(session_id)
+    try:
+        with transaction.atomic():
+            row = _locked_row(sid, None)
+            updated = _message_change(sid, sequence, changes)
+            totals = _usage_add(row, usage, model, updated_at=updated.updated_at)
+    except DatabaseError as exc:
+        raise _write_failed(f"message {sequence}", sid, exc) from exc
+    return updated, totals
 
 
 def message_checkpoint(*, session_id: uuid.UUID | str, sequence: int, content: str) -> bool:
@@ -448,6 +493,37 @@ def message_checkpoint(*, session_id: uuid.UUID | str, sequence: int, content: s
     return written == 1
 
 
+def _usage_add(
+    row: ChatSession, usage: Usage | None, model: str, *, updated_at: datetime | None = None
+) -> Usage | None:
+    """Record ``usage`` and add it to the session's totals, setting ``updated_at`` too when
+    given: a message was changed, whose write also bumps the cached generation (one update
+    of the session row, one bump). Precondition: in ``transaction.atomic()`` with ``row``
+    locked. Returns the new totals (``None`` without ``usage``)."""
+    sid = row.id
+    changes: dict[str, Any] = {} if updated_at is None else {"updated_at": updated_at}
+    totals = None
+    if usage is not None:
+        UsageRecord.objects.create(
+            session_id=sid,
+            model=model,
+            prompt_tokens=usage.prompt_tokens,
+            completion_tokens=usage.completion_tokens,
+            total_tokens=usage.total_tokens,
+        )
+        changes["prompt_tokens"] = F("prompt_tokens") + usage.prompt_tokens
+        changes["completion_tokens"] = F("completion_tokens") + usage.completion_tokens
+        totals = Usage(
+            prompt_tokens=row.prompt_tokens + usage.prompt_tokens,
+            completion_tokens=row.completion_tokens + usage.completion_tokens,
+        )
+        if updated_at is None:
+            _after_commit("update", sid, lambda: session_cache.generation_bump(sid))
+    if changes:
+        ChatSession.objects.filter(pk=sid).update(**changes)
+    return totals
+
+
 def usage_record(
     *, session_id: uuid.UUID | str, usage: Usage, model: str = "", owner_id: int | None = None
 ) -> Usage:
@@ -455,25 +531,11 @@ def usage_record(
     sid = _as_uuid(session_id)
     try:
         with transaction.atomic():
-            row = _locked_row(sid, owner_id)
-            UsageRecord.objects.create(
-                session_id=sid,
-                model=model,
-                prompt_tokens=usage.prompt_tokens,
-                completion_tokens=usage.completion_tokens,
-                total_tokens=usage.total_tokens,
-            )
-            ChatSession.objects.filter(pk=sid).update(
-                prompt_tokens=F("prompt_tokens") + usage.prompt_tokens,
-                completion_tokens=F("completion_tokens") + usage.completion_tokens,
-            )
-            _after_commit("update", sid, lambda: session_cache.generation_bump(sid))
+            totals = _usage_add(_locked_row(sid, owner_id), usage, model)
     except DatabaseError as exc:
         raise _write_failed("token usage", sid, exc) from exc
-    return Usage(
-        prompt_tokens=row.prompt_tokens + usage.prompt_tokens,
-        completion_tokens=row.completion_tokens + usage.completion_tokens,
-    )
+    assert totals is not None
+    return totals
 
 
 def session_rename(*, session_id: uuid.UUID | str, owner_id: int, title: str) -> SessionMeta:

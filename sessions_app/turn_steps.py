@@ -9,8 +9,10 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import contextvars
 import logging
 import uuid
+from collections.abc import AsyncIterator
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -64,11 +66,14 @@ class Step:
 class TextSender:
     """Sends a streaming step's text as it grows, one ``text_delta`` at a time.
 
-    A piece that arrives while no delta is on its way goes out at once; pieces that arrive
-    while one is (the log append and the group send take their time) go out together in
-    the next. So an idle process sends every piece as it comes, and a busy one sends fewer,
-    larger deltas instead of falling behind the model. The model is read meanwhile: the
-    stream's pace never waits for the event log or the channel layer.
+    The first piece goes out at once. After a delta, the next waits until
+    ``CHAT_TEXT_DELTA_MS`` have passed since it was sent, and carries every piece that
+    arrived meanwhile; so does a delta that waited for the previous one to be published
+    (the log append and the group send take their time). An event costs the server about
+    the same whatever it carries, so this bounds the events of an answer to what a reader
+    can tell apart, and a busy process sends fewer, larger deltas instead of falling
+    behind the model. The model is read meanwhile: the stream's pace never waits for the
+    event log or the channel layer.
     """
 
     def __init__(self, runner: TurnRunner, step: Step) -> None:
@@ -77,14 +82,23 @@ class TextSender:
         self.more = asyncio.Event()
         self.caught_up = asyncio.Event()  # set while every added piece has been published
         self.caught_up.set()
+        self.hurry = asyncio.Event()  # set by flush: what is left goes out without waiting
         self.task = asyncio.ensure_future(self.send_loop())
 
     async def send_loop(self) -> None:
         step = self.step
+        loop = asyncio.get_running_loop()
+        interval = settings.CHAT_TEXT_DELTA_SECONDS
+        next_at = 0.0
         while True:
             await self.more.wait()
+            wait = next_at - loop.time()
+            if wait > 0 and not self.hurry.is_set():
+                with contextlib.suppress(TimeoutError):
+                    await asyncio.wait_for(self.hurry.wait(), wait)
             self.more.clear()
             while step.sent_length < step.length:
+                next_at = loop.time() + interval
                 offset, text = step.unsent()
                 await self.runner.publish(
                     "text_delta",
@@ -93,6 +107,7 @@ class TextSender:
                     text=text,
                 )
             self.caught_up.set()
+            self.hurry.clear()
 
     def add(self, piece: str) -> None:
         # Kept before it is sent: a cancel that lands while the event is on its way
@@ -102,9 +117,11 @@ class TextSender:
         self.more.set()
 
     async def flush(self) -> None:
-        """Return once every piece added so far has been published."""
+        """Return once every piece added so far has been published (at once: the wait
+        between deltas is skipped)."""
         if self.caught_up.is_set():
             return
+        self.hurry.set()
         caught_up = asyncio.ensure_future(self.caught_up.wait())
         try:
             await asyncio.wait([caught_up, self.task], return_when=asyncio.FIRST_COMPLETED)
@@ -158,15 +175,67 @@ class Checkpoints:
                 await self.writing
 
 
+class ModelCall:
+    """A model call read by a task of its own into a queue, so that it can start before
+    the turn that uses it (``sessions_app.turns``: the first call of a turn is made while
+    the turn's lease and messages are being written, and dropped if the turn does not
+    start). Iterate it once, like ``llm.stream_chat``; ``close`` stops the call."""
+
+    _END = object()
+
+    def __init__(self, messages: list[dict[str, Any]], tools: list[dict[str, Any]]) -> None:
+        self.items: asyncio.Queue[Any] = asyncio.Queue()
+        self.task = asyncio.get_running_loop().create_task(
+            self.read(messages, tools), name="model call", context=contextvars.Context()
+        )
+
+    async def read(self, messages: list[dict[str, Any]], tools: list[dict[str, Any]]) -> None:
+        try:
+            async for item in llm.stream_chat(messages=messages, tools=tools or None):
+                self.items.put_nowait(item)
+        except Exception as exc:  # the reader's to raise, after what came before it
+            self.items.put_nowait(exc)
+        else:
+            self.items.put_nowait(self._END)
+
+    async def __aiter__(self) -> AsyncIterator[llm.StreamItem]:
+        while True:
+            item = await self.items.get()
+            if item is self._END:
+                return
+            if isinstance(item, Exception):
+                raise item
+            yield item
+
+    def close(self) -> None:
+        self.task.cancel()
+
+
+@dataclass(frozen=True)
+class FirstCall:
+    """What a turn prepared for its first model call before it started: the reply's empty
+    message, stored with the user's, and the call itself when the history it was made from
+    is still current (``None``: read the history again and call then)."""
+
+    reply: ChatMessageData
+    call: ModelCall | None
+
+
 class TurnRunner:
     def __init__(
-        self, session_id: uuid.UUID, owner_id: int, turn_id: uuid.UUID, notice: str | None
+        self,
+        session_id: uuid.UUID,
+        owner_id: int,
+        turn_id: uuid.UUID,
+        notice: str | None,
+        first_call: FirstCall | None = None,
     ) -> None:
         self.sid = session_id
         self.owner_id = owner_id
         self.turn_id = turn_id
         # A note for the model on the first call only (a finished background operation).
         self.notice = notice
+        self.first_call = first_call
         self.usage = Usage()
         self.step: Step | None = None
         self.last_seq: int | None = None
@@ -226,18 +295,40 @@ class TurnRunner:
             state, tools=tools, notice=notice, on_usage=self.record_usage
         )
 
+    async def step_start(
+        self, tools: list[dict[str, Any]]
+    ) -> ModelCall | AsyncIterator[llm.StreamItem]:
+        """Store the step's empty reply (unless the turn did before it started), publish
+        it, and start the step's model call (unless the turn did)."""
+        first, self.first_call = self.first_call, None
+        if first is not None:
+            self.step = Step(message=first.reply)  # a failure from here on closes it
+            call: ModelCall | AsyncIterator[llm.StreamItem] | None = first.call
+        else:
+            call = None
+        if call is None:
+            messages = await self.model_messages(tools)
+            if self.step is None:
+                [reply] = await db_sync_to_async(store.messages_append)(
+                    session_id=self.sid,
+                    messages=[ChatMessageData(role="assistant", content="", status="streaming")],
+                )
+                self.step = Step(message=reply)
+            call = llm.stream_chat(messages=messages, tools=tools or None)
+        assert self.step is not None
+        await self.publish("message_created", message=message_out(self.step.message))
+        return call
+
     async def stream_step(self, tools: list[dict[str, Any]]) -> list[llm.ToolCallRequest]:
-        messages = await self.model_messages(tools)
-        [placeholder] = await db_sync_to_async(store.messages_append)(
-            session_id=self.sid,
-            messages=[ChatMessageData(role="assistant", content="", status="streaming")],
-        )
-        self.step = step = Step(message=placeholder)
-        await self.publish("message_created", message=message_out(placeholder))
+        self.step = None
+        call = await self.step_start(tools)
+        step = self.step
+        assert step is not None
+        placeholder = step.message
         end: llm.StreamEnd | None = None
         sender, checkpoints = TextSender(self, step), Checkpoints(self, step)
         try:
-            async for item in llm.stream_chat(messages=messages, tools=tools or None):
+            async for item in call:
                 if isinstance(item, llm.TextDelta):
                     sender.add(item.text)
                 elif isinstance(item, llm.ToolCallRequest):
@@ -251,19 +342,27 @@ class TurnRunner:
                     end = item
             await sender.flush()
         finally:
+            if isinstance(call, ModelCall):
+                call.close()
             sender.stop()
             await checkpoints.stop()
-        assert end is not None
-        if end.usage is not None:
-            await self.record_usage(end.usage)
+        assert end is not None and placeholder.sequence is not None
         calls = end.tool_calls
         text = "".join(step.text)
-        step.message = await self.update(
-            step.message,
-            content=(text or None) if calls else text,
-            tool_calls=[c.as_openai() for c in calls] or None,
-            status="complete",
+        # The reply and the call's usage in one write; the events follow in their order.
+        step.message, totals = await db_sync_to_async(store.message_complete)(
+            session_id=self.sid,
+            sequence=placeholder.sequence,
+            changes={
+                "content": (text or None) if calls else text,
+                "tool_calls": [c.as_openai() for c in calls] or None,
+                "status": "complete",
+            },
+            usage=end.usage,
+            model=settings.CHAT_MODEL,
         )
+        if end.usage is not None and totals is not None:
+            await self.usage_published(end.usage, totals)
         await self.publish("message_updated", message=message_out(step.message))
         return calls
 
@@ -271,6 +370,10 @@ class TurnRunner:
         totals = await db_sync_to_async(store.usage_record)(
             session_id=self.sid, usage=usage, model=settings.CHAT_MODEL
         )
+        await self.usage_published(usage, totals)
+
+    async def usage_published(self, usage: Usage, totals: Usage) -> None:
+        """Add recorded ``usage`` to the turn's and publish it with the session's totals."""
         self.usage = Usage(
             prompt_tokens=self.usage.prompt_tokens + usage.prompt_tokens,
             completion_tokens=self.usage.completion_tokens + usage.completion_tokens,

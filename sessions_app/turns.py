@@ -25,13 +25,15 @@ from typing import Any
 
 from channels.layers import get_channel_layer
 from django.conf import settings
+from django.db import transaction
 
-from sessions_app import events, leases, limits, llm, runtime, store
+from sessions_app import context_window, events, leases, limits, llm, runtime, store
 from sessions_app.db import db_sync_to_async
 from sessions_app.errors import LimitExceeded, Refused, SessionNotFound
 from sessions_app.loop_local import LoopLocal
 from sessions_app.schemas import ChatMessageData
-from sessions_app.turn_steps import TurnRunner, message_out
+from sessions_app.tools.registry import tools_openai_schemas
+from sessions_app.turn_steps import FirstCall, ModelCall, TurnRunner, message_out
 
 logger = logging.getLogger(__name__)
 
@@ -77,8 +79,19 @@ class _Turn:
     owner_id: int
     turn_id: uuid.UUID
     notice: str | None = None
+    first_call: FirstCall | None = None
     task: asyncio.Task[None] | None = None
     stop_reason: str = "cancelled"
+
+
+@dataclass(frozen=True)
+class _Prepared:
+    """A turn's first model call, prepared from the history before the turn starts."""
+
+    messages: list[dict[str, Any]]
+    tools: list[dict[str, Any]]
+    user_sequence: int  # the user's message's sequence the messages were made for
+    event_floor: int  # the session's stored event seq floor when the history was read
 
 
 # The turns this process runs, by session. Strong references: the loop keeps only weak ones.
@@ -96,13 +109,14 @@ def turn_running(session_id: uuid.UUID) -> bool:
     return session_id in _running
 
 
-def _take_lease(turn: _Turn) -> bool:
+def _take_lease(turn: _Turn, *, take_stale: bool = True) -> bool:
     """Take the session's lease for ``turn``; raises ``LimitExceeded`` (too many turns)."""
     return leases.turn_lease_acquire(
         session_id=turn.session_id,
         turn_id=turn.turn_id,
         owner=runtime.process_id(),
         owner_id=turn.owner_id,
+        take_stale=take_stale,
     )
 
 
@@ -133,57 +147,118 @@ async def turn_start(
     user_message = ChatMessageData(
         role="user", content=content, client_message_id=client_message_id
     )
-    begin = db_sync_to_async(_begin)
     try:
         await limits.check_message_rate(owner_id=owner_id)
         if session_id in _running:
             raise TurnInProgress()
-        begun = await begin(turn, user_message)
-        if begun == "stale":
-            await _recover_stale_turn(session_id)
-            begun = await begin(turn, user_message)
-        if not isinstance(begun, tuple):
-            raise TurnInProgress()
+        prepared = await _prepare(session_id, owner_id, user_message)
     except Refused:
         existing = await _existing_message(session_id, owner_id, client_message_id)
         if existing is not None:
             return TurnStart(message=existing, duplicate=True, turn_id=None)
         raise
-    message, created = begun
-    if not created:
+    # The first model call goes out now, while the turn's lease and messages are written:
+    # the model's own time to first token hides the database's. If the turn does not
+    # start after all (a turn runs, a retried send, a limit), the call is dropped unread.
+    call = ModelCall(prepared.messages, prepared.tools) if prepared is not None else None
+    try:
+        begun = await _begin_turn(turn, user_message, with_reply=prepared is not None)
+    except BaseException:
+        if call is not None:
+            call.close()
+        raise
+    message = begun.message
+    if not begun.created:
+        if call is not None:
+            call.close()
         return TurnStart(message=message, duplicate=True, turn_id=None)
     first = await events.event_publish(
         session_id, "message_created", message=message_out(message), turn_id=str(turn.turn_id)
     )
-    if first is not None:
+    if first is not None and (prepared is None or prepared.event_floor == 0):
+        # A session's first floor; later ones are saved as its turns end.
         _spawn(events.event_floor_save(session_id, first["seq"]), "event floor")
+    if begun.followers:
+        if prepared is None or prepared.user_sequence != message.sequence:
+            # The history changed meanwhile (a dead turn's work was finished first):
+            # the turn reads it again and calls the model then.
+            if call is not None:
+                call.close()
+            call = None
+        turn.first_call = FirstCall(reply=begun.followers[0], call=call)
     _launch(turn)
     return TurnStart(message=message, duplicate=False, turn_id=turn.turn_id)
 
 
-def _begin(turn: _Turn, message: ChatMessageData) -> str | tuple[ChatMessageData, bool]:
-    """The database work before a turn starts, in one trip to the database thread: take
-    the lease and store the user's message (once per client message id).
+async def _begin_turn(
+    turn: _Turn, message: ChatMessageData, *, with_reply: bool
+) -> store.AppendedOnce:
+    """``_begin`` from async code, finishing a dead turn first if one holds the lease.
+    Raises what ``turn_start`` raises; a retried send comes back as not ``created``."""
+    client_message_id = message.client_message_id or ""
+    reply = ChatMessageData(role="assistant", content="", status="streaming")
+    begin = db_sync_to_async(_begin)
+    try:
+        begun = await begin(turn, message, reply if with_reply else None)
+        if begun == "stale":
+            await _recover_stale_turn(turn.session_id)
+            begun = await begin(turn, message, reply if with_reply else None)
+        if not isinstance(begun, store.AppendedOnce):
+            raise TurnInProgress()
+    except Refused:
+        existing = await _existing_message(turn.session_id, turn.owner_id, client_message_id)
+        if existing is not None:
+            return store.AppendedOnce(existing, [], False)
+        raise
+    return begun
 
-    Returns the message and whether it was new (the lease is kept only then), ``"busy"``
+
+async def _prepare(
+    session_id: uuid.UUID, owner_id: int, message: ChatMessageData
+) -> _Prepared | None:
+    """The first model call of a turn about to start, from the history as it is now plus
+    ``message``: so the turn calls the model as soon as it has started, without reading
+    the history again. ``None`` when the call needs more than that (a summary), or when
+    the history does not fit at all (the turn reports it). Raises ``SessionNotFound``."""
+    state = await db_sync_to_async(store.session_get)(session_id=session_id, owner_id=owner_id)
+    sequence = state.last_sequence + 1
+    view = state.model_copy(
+        update={"messages": [*state.messages, message.model_copy(update={"sequence": sequence})]}
+    )
+    tools = tools_openai_schemas()
+    messages = await context_window.session_view_unless_summarised(view, tools=tools)
+    if messages is None:
+        return None
+    return _Prepared(
+        messages=messages, tools=tools, user_sequence=sequence, event_floor=state.last_event_seq
+    )
+
+
+def _begin(
+    turn: _Turn, message: ChatMessageData, reply: ChatMessageData | None
+) -> str | store.AppendedOnce:
+    """The database work before a turn starts, one transaction: take the lease and store
+    the user's message (once per client message id) with ``reply``, the turn's empty first
+    reply, after it.
+
+    Returns what was stored (the lease is kept only when the message is new), ``"busy"``
     when a live turn holds the lease, or ``"stale"`` when a dead turn still does (the
     caller recovers it, then tries again). Raises ``LimitExceeded`` (too many turns) and
     the store's errors, holding nothing.
     """
-    sid = turn.session_id
-    if leases.turn_leases_stale(session_id=sid):
-        return "stale"
-    if not _take_lease(turn):
-        return "busy"
-    created = False
-    try:
-        stored, created = store.message_append_once(
-            session_id=sid, owner_id=turn.owner_id, message=message
+    with transaction.atomic():
+        if not _take_lease(turn, take_stale=False):
+            stale = leases.turn_leases_stale(session_id=turn.session_id)
+            return "stale" if stale else "busy"
+        stored = store.message_append_once(
+            session_id=turn.session_id,
+            owner_id=turn.owner_id,
+            message=message,
+            followers=[reply] if reply is not None else [],
         )
-    finally:
-        if not created:
-            leases.turn_lease_release(session_id=sid, turn_id=turn.turn_id)
-    return stored, created
+        if not stored.created:
+            transaction.set_rollback(True)  # a retried send: the lease goes back
+    return stored
 
 
 async def turn_continue(*, session_id: uuid.UUID, owner_id: int, notice: str) -> bool:
@@ -228,9 +303,9 @@ def _detached(coro: Any, name: str) -> asyncio.Task[Any]:
     return asyncio.get_running_loop().create_task(coro, name=name, context=contextvars.Context())
 
 
-async def _release(turn: _Turn) -> None:
+async def _release(turn: _Turn, event_seq: int | None = None) -> None:
     await db_sync_to_async(leases.turn_lease_release)(
-        session_id=turn.session_id, turn_id=turn.turn_id
+        session_id=turn.session_id, turn_id=turn.turn_id, event_seq=event_seq
     )
 
 
@@ -373,7 +448,9 @@ async def _hear_cancels(turn: _Turn) -> None:
 
 
 async def _run(turn: _Turn) -> None:
-    runner = TurnRunner(turn.session_id, turn.owner_id, turn.turn_id, turn.notice)
+    runner = TurnRunner(
+        turn.session_id, turn.owner_id, turn.turn_id, turn.notice, first_call=turn.first_call
+    )
     helpers = [
         asyncio.ensure_future(_keep_lease(turn)),
         asyncio.ensure_future(_hear_cancels(turn)),
@@ -408,14 +485,14 @@ async def _run(turn: _Turn) -> None:
         # The session is free before turn_finished says so: a client that sends the moment
         # it sees turn_finished must not be told that a turn is in progress.
         try:
-            await _release(turn)
+            # With the event seq floor: the turn_finished event below passes it by one.
+            await _release(turn, runner.last_seq)
         except Exception:
             logger.warning("could not release turn %s; its lease expires", turn.turn_id)
         finally:
             if _running.get(turn.session_id) is turn:
                 del _running[turn.session_id]
         await runner.publish("turn_finished", status=status, turn_usage=runner.usage.model_dump())
-        await events.event_floor_save(turn.session_id, runner.last_seq)
     if status == "completed":
         _spawn(_make_title(turn.session_id), "title")
 

@@ -45,6 +45,8 @@ def server_env(**extra: str) -> dict[str, str]:
         "CHAT_MODEL_MAX_RETRIES": "0",
         "CHAT_MODEL_TIMEOUT": "3",
         "CHAT_CHECKPOINT_MS": "50",
+        # A delta per piece: tests count them (test_consumers covers the interval).
+        "CHAT_TEXT_DELTA_MS": "0",
         "LOCAL_MODEL_WORD_DELAY_MS": "5",
         "LOCAL_MODEL_API_KEY": "",
         "OPENAI_BASE_URL": "",

@@ -284,6 +284,22 @@ async def test_pieces_arriving_while_a_delta_is_on_its_way_go_out_together(
     assert socket.view.gaps == [] and socket.view.contents() == stored
 
 
+async def test_text_deltas_keep_their_interval_and_the_last_one_does_not_wait(
+    owner: Any, session_id: uuid.UUID, settings: Any
+) -> None:
+    """The first piece goes out at once; with an interval longer than the whole answer,
+    everything after it waits, and goes out in one delta the moment the model is done."""
+    settings.CHAT_TEXT_DELTA_SECONDS = 3600
+    socket = await open_socket(owner, session_id)
+    await socket.send(send_frame("/words 30"))
+    frames = await finish_turn(socket)
+    deltas = [f["text"] for f in frames if f["type"] == "text_delta"]
+    assert len(deltas) == 2 and len(deltas[0].split()) == 1
+    stored = await db_messages(session_id)
+    assert "".join(deltas) == stored[1][2] and len(stored[1][2].split()) == 30
+    assert socket.view.gaps == [] and socket.view.contents() == stored
+
+
 async def test_a_slow_checkpoint_does_not_hold_the_stream(
     owner: Any, session_id: uuid.UUID, settings: Any, monkeypatch: pytest.MonkeyPatch
 ) -> None:
@@ -385,6 +401,38 @@ async def test_send_during_a_turn_is_refused(owner: Any, session_id: uuid.UUID) 
     assert error[-1]["code"] == "turn_in_progress"
     await finish_turn(socket)
     assert [r for _, r, _, _ in await db_messages(session_id)] == ["user", "assistant"]
+
+
+async def test_a_send_refused_by_another_processs_turn_drops_its_early_model_call(
+    owner: Any, session_id: uuid.UUID, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """A turn calls the model while its lease is being taken; when the lease is held
+    elsewhere, the send is refused, the call is stopped and nothing is stored."""
+    from sessions_app import leases, turn_steps
+
+    real_stream = turn_steps.llm.stream_chat
+    started, stopped = asyncio.Event(), asyncio.Event()
+
+    async def watched_stream(**kwargs: Any) -> Any:
+        started.set()
+        try:
+            async for item in real_stream(**kwargs):
+                yield item
+            await asyncio.Event().wait()  # then never ends by itself: only a stop ends it
+        finally:
+            stopped.set()
+
+    monkeypatch.setattr(turn_steps.llm, "stream_chat", watched_stream)
+    await database_sync_to_async(leases.turn_lease_acquire)(
+        session_id=session_id, turn_id=uuid.uuid4(), owner="another-process", owner_id=owner.pk
+    )
+    socket = await open_socket(owner, session_id)
+    await socket.send(send_frame("/words 200"))
+    error = await socket.until(lambda f: f["type"] == "error" and "seq" not in f)
+    assert error[-1]["code"] == "turn_in_progress"
+    assert started.is_set()
+    await asyncio.wait_for(stopped.wait(), FRAME_TIMEOUT)
+    assert await db_messages(session_id) == []
 
 
 # --- bad frames -------------------------------------------------------------------------------
@@ -503,6 +551,7 @@ async def test_cursor_older_than_the_log_gets_a_snapshot_at_the_head(
     owner: Any, session_id: uuid.UUID, settings: Any
 ) -> None:
     settings.CHAT_EVENT_LOG_SIZE = 8  # the log keeps the last 8 events of the session
+    settings.CHAT_TEXT_DELTA_SECONDS = 0  # a delta per word: many events
     watcher = await open_socket(owner, session_id)
     await watcher.send(send_frame("/words 40"))
     await finish_turn(watcher)

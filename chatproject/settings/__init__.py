@@ -251,6 +251,9 @@ CHAT_SYSTEM_PROMPT = env_str(
 CHAT_TURN_MAX_STEPS = env_int("CHAT_TURN_MAX_STEPS", default=8, minimum=1)
 # Partial assistant text is written to the database at least this often while it streams.
 CHAT_CHECKPOINT_SECONDS = env_int("CHAT_CHECKPOINT_MS", default=1000, minimum=10) / 1000
+# A streaming answer sends its first text at once, then a text_delta at most this often,
+# carrying what the model wrote meanwhile (0: every piece as it comes, load permitting).
+CHAT_TEXT_DELTA_SECONDS = env_int("CHAT_TEXT_DELTA_MS", default=50, minimum=0) / 1000
 CHAT_MESSAGE_MAX_CHARS = env_int("CHAT_MESSAGE_MAX_CHARS", default=32_000, minimum=1)
 CHAT_WS_MAX_FRAME_BYTES = env_int("CHAT_WS_MAX_FRAME_BYTES", default=256 * 1024, minimum=1024)
 # --- Limits (sessions_app/limits.py; docs/reliability.md#limits) ---------------------------
