@@ -162,7 +162,7 @@ async def turn_start(
     # start after all (a turn runs, a retried send, a limit), the call is dropped unread.
     call = ModelCall(prepared.messages, prepared.tools) if prepared is not None else None
     try:
-        begun = await _begin_turn(turn, user_message, with_reply=prepared is not None)
+        begun, recovered = await _begin_turn(turn, user_message, with_reply=prepared is not None)
     except BaseException:
         if call is not None:
             call.close()
@@ -179,9 +179,9 @@ async def turn_start(
         # A session's first floor; later ones are saved as its turns end.
         _spawn(events.event_floor_save(session_id, first["seq"]), "event floor")
     if begun.followers:
-        if prepared is None or prepared.user_sequence != message.sequence:
-            # The history changed meanwhile (a dead turn's work was finished first):
-            # the turn reads it again and calls the model then.
+        if recovered or prepared is None or prepared.user_sequence != message.sequence:
+            # The history changed meanwhile (a dead turn's work was finished first, or a
+            # message came from elsewhere): the turn reads it again and calls then.
             if call is not None:
                 call.close()
             call = None
@@ -192,25 +192,28 @@ async def turn_start(
 
 async def _begin_turn(
     turn: _Turn, message: ChatMessageData, *, with_reply: bool
-) -> store.AppendedOnce:
-    """``_begin`` from async code, finishing a dead turn first if one holds the lease.
-    Raises what ``turn_start`` raises; a retried send comes back as not ``created``."""
+) -> tuple[store.AppendedOnce, bool]:
+    """``_begin`` from async code, finishing a dead turn first if one holds the lease;
+    returns what was stored and whether a dead turn was finished first. Raises what
+    ``turn_start`` raises; a retried send comes back as not ``created``."""
     client_message_id = message.client_message_id or ""
     reply = ChatMessageData(role="assistant", content="", status="streaming")
     begin = db_sync_to_async(_begin)
+    recovered = False
     try:
         begun = await begin(turn, message, reply if with_reply else None)
         if begun == "stale":
             await _recover_stale_turn(turn.session_id)
+            recovered = True
             begun = await begin(turn, message, reply if with_reply else None)
         if not isinstance(begun, store.AppendedOnce):
             raise TurnInProgress()
     except Refused:
         existing = await _existing_message(turn.session_id, turn.owner_id, client_message_id)
         if existing is not None:
-            return store.AppendedOnce(existing, [], False)
+            return store.AppendedOnce(existing, [], False), recovered
         raise
-    return begun
+    return begun, recovered
 
 
 async def _prepare(
