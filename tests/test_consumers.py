@@ -252,51 +252,55 @@ async def test_pieces_arriving_while_a_delta_is_on_its_way_go_out_together(
     owner: Any, session_id: uuid.UUID, monkeypatch: pytest.MonkeyPatch
 ) -> None:
     """The first delta's publish is held until the model has sent 12 more pieces: they go
-    out in one delta, and the text adds up exactly."""
+    out in one delta, and the text adds up exactly. (The first delta itself carries what
+    came before it: the model call starts before the turn does, so that may be several.)"""
     from sessions_app import turn_steps
 
     real_publish = turn_steps.events.event_publish
     real_add = turn_steps.TextSender.add
-    pieces = {"n": 0}
+    pieces = {"n": 0, "wanted": 0}
     twelve_more = asyncio.Event()
 
     def counting_add(sender: Any, piece: str) -> None:
         real_add(sender, piece)
         pieces["n"] += 1
-        if pieces["n"] == 13:
+        if pieces["wanted"] and pieces["n"] >= pieces["wanted"]:
             twelve_more.set()
 
     async def first_delta_held(sid: uuid.UUID, event_type: str, **fields: Any) -> Any:
         if event_type == "text_delta" and fields["offset"] == 0:
+            pieces["wanted"] = pieces["n"] + 12
             await twelve_more.wait()
         return await real_publish(sid, event_type, **fields)
 
     monkeypatch.setattr(turn_steps.TextSender, "add", counting_add)
     monkeypatch.setattr(turn_steps.events, "event_publish", first_delta_held)
     socket = await open_socket(owner, session_id)
-    await socket.send(send_frame("/words 30"))
+    await socket.send(send_frame("/words 150"))
     frames = await finish_turn(socket)
     deltas = [f["text"] for f in frames if f["type"] == "text_delta"]
-    assert len(deltas[0].split()) == 1 and len(deltas[1].split()) >= 12
-    assert len(deltas) < 30
+    assert len(deltas[1].split()) >= 12
+    assert len(deltas) < 150
     stored = await db_messages(session_id)
-    assert "".join(deltas) == stored[1][2] and len(stored[1][2].split()) == 30
+    assert "".join(deltas) == stored[1][2] and len(stored[1][2].split()) == 150
     assert socket.view.gaps == [] and socket.view.contents() == stored
 
 
 async def test_text_deltas_keep_their_interval_and_the_last_one_does_not_wait(
     owner: Any, session_id: uuid.UUID, settings: Any
 ) -> None:
-    """The first piece goes out at once; with an interval longer than the whole answer,
-    everything after it waits, and goes out in one delta the moment the model is done."""
+    """The first delta goes out at once (with whatever came before it); with an interval
+    longer than the whole answer, everything after it waits, and goes out in one delta
+    the moment the model is done."""
     settings.CHAT_TEXT_DELTA_SECONDS = 3600
     socket = await open_socket(owner, session_id)
-    await socket.send(send_frame("/words 30"))
+    # Long enough (1 s) that the first delta goes out before the model is done.
+    await socket.send(send_frame("/words 200"))
     frames = await finish_turn(socket)
     deltas = [f["text"] for f in frames if f["type"] == "text_delta"]
-    assert len(deltas) == 2 and len(deltas[0].split()) == 1
+    assert len(deltas) == 2
     stored = await db_messages(session_id)
-    assert "".join(deltas) == stored[1][2] and len(stored[1][2].split()) == 30
+    assert "".join(deltas) == stored[1][2] and len(stored[1][2].split()) == 200
     assert socket.view.gaps == [] and socket.view.contents() == stored
 
 
