@@ -5,9 +5,10 @@
 
 It starts, on private resources (database ``chatproject_stream_bench``, Redis db 12, free
 ports), the local scripted model (``manage.py local_model --word-delay-ms``), the server
-(one daphne process in the production configuration: PostgreSQL, Redis, secure cookies
-behind a pretend TLS proxy) and the floor (``bench/stream_floor.py``: a raw ASGI websocket
-app under daphne that relays the same model with the same SDK call, no Django, no channels).
+(one daphne process, or ``--servers N`` with the sessions spread over them in turn, in the
+production configuration: PostgreSQL, Redis, secure cookies behind a pretend TLS proxy) and
+the floor (``bench/stream_floor.py``: a raw ASGI websocket app under daphne that relays the
+same model with the same SDK call, no Django, no channels).
 For each N it runs three paths in turn, each with N concurrent sessions for ``--seconds``:
 
 - ``direct``: each session POSTs ``/words W`` straight to the local model (streaming, raw
@@ -126,21 +127,25 @@ def postmaster_pid() -> int:
 class Proc:
     """A child process in its own process group, its output in a log file."""
 
-    def __init__(self, name: str, args: list[str], env: dict[str, str], logdir: Path) -> None:
-        self.name, self.log = name, logdir / f"{name}.log"
+    def __init__(self, name: str, args: list[str], env: dict[str, str], logdir: Path, *,
+                 port: int, label: str = "") -> None:  # fmt: skip
+        """``name``: what its CPU counts as; ``label`` (default ``name``): its log's name."""
+        self.name, self.port = name, port
+        self.label = label or name
+        self.log = logdir / f"{self.label}.log"
         with self.log.open("wb") as out:
             self.popen = subprocess.Popen(
                 args, cwd=ROOT, env=env, stdin=subprocess.DEVNULL, stdout=out,
                 stderr=subprocess.STDOUT, start_new_session=True,
             )  # fmt: skip
 
-    def wait_port(self, port: int) -> None:
+    def wait_port(self) -> None:
         deadline = time.monotonic() + 60
         while True:
-            with contextlib.suppress(OSError), socket.create_connection((HOST, port), 0.2):
+            with contextlib.suppress(OSError), socket.create_connection((HOST, self.port), 0.2):
                 return
             if self.popen.poll() is not None or time.monotonic() > deadline:
-                raise RuntimeError(f"{self.name} did not start:\n{self.log.read_text()[-3000:]}")
+                raise RuntimeError(f"{self.label} did not start:\n{self.log.read_text()[-3000:]}")
             time.sleep(0.1)
 
     def stop(self) -> int:
@@ -220,8 +225,8 @@ class Bench:
     expected: str  # the model's text for it
     pieces: int  # the pieces it streams in
     model_url: str
-    ports: dict[str, int]
-    pids: dict[str, int]  # the processes whose CPU is read
+    ports: dict[str, list[int]]  # by path: one port, or one per server process
+    pids: dict[str, list[int]]  # the processes whose CPU is read, summed by name
     cookies: list[dict[str, str]] = field(default_factory=list)  # one per user
     runs: list[Run] = field(default_factory=list)
     load: tuple[float, float, float] = field(default_factory=os.getloadavg)
@@ -443,7 +448,7 @@ async def drive(bench: Bench, run: Run, sessions: list[tuple[Turn, Cancel]]) -> 
         except (TimeoutError, OSError, httpx2.HTTPError, ConnectionClosed) as exc:
             run.c[f"error {type(exc).__name__}"] += 1
 
-    cpu0 = {name: cpu_seconds(pid, children=name == "postgres") for name, pid in bench.pids.items()}
+    cpu0 = {name: processes_cpu(bench, name) for name in bench.pids}
     machine0, t0 = machine_cpu(), time.monotonic()
     profiler = start_py_spy(bench, run)
     tasks = {
@@ -468,18 +473,22 @@ async def drive(bench: Bench, run: Run, sessions: list[tuple[Turn, Cancel]]) -> 
     run.elapsed = time.monotonic() - t0
     busy, total = (a - b for a, b in zip(machine_cpu(), machine0, strict=True))
     run.machine = busy / max(total, 1)
-    for name, pid in bench.pids.items():
-        run.cpu[name] = cpu_seconds(pid, children=name == "postgres") - cpu0[name]
+    for name in bench.pids:
+        run.cpu[name] = processes_cpu(bench, name) - cpu0[name]
     if profiler is not None:
         profiler.send_signal(signal.SIGINT)
         profiler.wait(60)
+
+
+def processes_cpu(bench: Bench, name: str) -> float:
+    return sum(cpu_seconds(pid, children=name == "postgres") for pid in bench.pids[name])
 
 
 def start_py_spy(bench: Bench, run: Run) -> subprocess.Popen[bytes] | None:
     if not bench.args.py_spy or run.path == "direct" or run.seconds != bench.args.seconds:
         return None
     out = Path(bench.args.py_spy) / f"{run.path}-{run.n}.txt"
-    pid = bench.pids[run.path]
+    pid = bench.pids[run.path][0]  # the first server process
     spy = str(Path(sys.executable).parent / "py-spy")
     cmd = [spy, *f"record -p {pid} -r 200 -f raw -o {out}".split()]
     return subprocess.Popen(cmd, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
@@ -493,7 +502,8 @@ async def run_path(bench: Bench, n: int, path: str, seconds: float) -> Run:
         async with httpx2.AsyncClient(limits=limits, timeout=timeout, trust_env=False) as client:
             await drive(bench, run, [(lambda: direct_turn(bench, run, client), None)] * n)
         return run
-    port = bench.ports[path]
+    ports = bench.ports[path]
+    port = ports[0]
     if path == "server":  # fresh sessions, spread over the users
         per_user = bench.args.sessions_per_user
         with ThreadPoolExecutor(4) as pool:
@@ -507,11 +517,12 @@ async def run_path(bench: Bench, n: int, path: str, seconds: float) -> Run:
         targets = [(f"/ws/floor/{k}/", "") for k in range(n)]
     gate = asyncio.Semaphore(50)
 
-    async def opened(target: tuple[str, str]) -> Socket:
+    async def opened(k: int, target: tuple[str, str]) -> Socket:
+        at = ports[k % len(ports)]  # sessions in turn over the server processes
         async with gate:
-            return await open_socket(bench, run, f"ws://{HOST}:{port}{target[0]}", port, target[1])
+            return await open_socket(bench, run, f"ws://{HOST}:{at}{target[0]}", at, target[1])
 
-    sockets = await asyncio.gather(*(opened(t) for t in targets))
+    sockets = await asyncio.gather(*(opened(k, t) for k, t in enumerate(targets)))
     await drive(bench, run, [(s.turn, s.cancel) for s in sockets])
     await asyncio.gather(*(s.ws.close() for s in sockets), return_exceptions=True)
     if path == "server":  # the stored answers, read back over the JSON API
@@ -577,6 +588,9 @@ def report(bench: Bench, log_problems: int) -> bool:
     )
     if a.server_env:
         print(f"Server environment added for this run: `{' '.join(a.server_env)}`\n")
+    if a.servers > 1:
+        print(f"Server processes: {a.servers} (sessions spread over them in turn; the server's "
+              "CPU is their sum).\n")  # fmt: skip
     direct = {r.n: r for r in bench.runs if r.path == "direct"}
     print("| sessions | path | turns | TTFT p50 ms | TTFT p99 ms | added p50 ms | added p99 ms "
           "| send→ack p50 ms | send→message_created p50 ms |\n|" + " --- |" * 9)  # fmt: skip
@@ -664,7 +678,9 @@ def parse_args() -> argparse.Namespace:
     parser.add_argument("--paths", default=",".join(PATHS), help="of direct,floor,server")
     parser.add_argument("--sessions-per-user", type=int, default=20,
                         help="and CHAT_USER_MAX_RUNNING_TURNS, CHAT_USER_MAX_SOCKETS")  # fmt: skip
-    parser.add_argument("--py-spy", metavar="DIR", help="record the server and floor (py-spy)")
+    parser.add_argument("--servers", type=int, default=1, help="server processes (scale-out)")
+    parser.add_argument("--py-spy", metavar="DIR",
+                        help="record the (first) server and the floor (py-spy)")  # fmt: skip
     parser.add_argument("--keep-logs", action="store_true")
     args = parser.parse_args()
     args.ns = [int(x) for x in args.sessions.split(",")]
@@ -679,8 +695,9 @@ def interrupted(signum: int, frame: Any) -> None:
 def main() -> int:
     args = parse_args()
     signal.signal(signal.SIGTERM, interrupted)
-    ports = {"model": free_port(), "floor": free_port(), "server": free_port()}
-    model_url = f"http://{HOST}:{ports['model']}/v1"
+    ports = {"model": [free_port()], "floor": [free_port()]}
+    ports["server"] = [free_port() for _ in range(args.servers)]
+    model_url = f"http://{HOST}:{ports['model'][0]}/v1"
     ours = ("CHAT_", "REDIS_", "OPENAI_", "DJANGO_", "DATABASE_", "LOCAL_MODEL_")
     env = {k: v for k, v in os.environ.items() if not k.startswith(ours)}
     env |= dict(kv.split("=", 1) for kv in PRODUCTION_ENV.split())
@@ -716,29 +733,35 @@ def main() -> int:
         connections.close_all()
         floor_env = env | {"STREAM_FLOOR_MODEL_URL": model_url, "PYTHONPATH": str(ROOT / "bench")}
         daphne = [python, "-m", "daphne", "-b", HOST, "-p"]
+        server_env = env | dict(kv.split("=", 1) for kv in args.server_env)
         procs += [
             Proc("model", [python, "manage.py", "local_model", "--host", HOST, "--port",
-                           str(ports["model"]), "--word-delay-ms", str(args.word_delay_ms)],
-                 env, logdir),
-            Proc("floor", [*daphne, str(ports["floor"]), "stream_floor:application"], floor_env,
-                 logdir),
-            Proc("server", [*daphne, str(ports["server"]), "chatproject.asgi:application"],
-                 env | dict(kv.split("=", 1) for kv in args.server_env), logdir),
+                           str(ports["model"][0]), "--word-delay-ms", str(args.word_delay_ms)],
+                 env, logdir, port=ports["model"][0]),
+            Proc("floor", [*daphne, str(ports["floor"][0]), "stream_floor:application"],
+                 floor_env, logdir, port=ports["floor"][0]),
+        ] + [
+            Proc("server", [*daphne, str(port), "chatproject.asgi:application"], server_env,
+                 logdir, port=port, label=f"server{k + 1}" if args.servers > 1 else "")
+            for k, port in enumerate(ports["server"])
         ]  # fmt: skip
         for proc in procs:
-            proc.wait_port(ports[proc.name])
+            proc.wait_port()
         content = f"/words {args.words}"
         body = {"model": "chatproject-local", "messages": [{"role": "user", "content": content}]}
         answer = httpx2.post(f"{model_url}/chat/completions", json=body, trust_env=False).json()
         expected = answer["choices"][0]["message"]["content"]
-        pids = {p.name: p.popen.pid for p in procs} | {"client": os.getpid()}
-        pids |= {"redis": redis.Redis.from_url(REDIS_URL).info()["process_id"],
-                 "postgres": postmaster_pid()}  # fmt: skip
+        pids: dict[str, list[int]] = {}
+        for proc in procs:
+            pids.setdefault(proc.name, []).append(proc.popen.pid)
+        pids |= {"client": [os.getpid()],
+                 "redis": [redis.Redis.from_url(REDIS_URL).info()["process_id"]],
+                 "postgres": [postmaster_pid()]}  # fmt: skip
         bench = Bench(args, content, expected, len(expected.split()), model_url, ports, pids)
         t = time.monotonic()
         if "server" in args.path_list:
             with ThreadPoolExecutor(4) as pool:
-                bench.cookies = list(pool.map(lambda u: login(ports["server"], f"bench{u}"),
+                bench.cookies = list(pool.map(lambda u: login(ports["server"][0], f"bench{u}"),
                                               range(users)))  # fmt: skip
         print(f"setup: {users} users logged in over HTTP in {time.monotonic() - t:.0f} s; "
               f"logs in {logdir}", file=sys.stderr)  # fmt: skip
