@@ -16,6 +16,7 @@ import logging
 import math
 import re
 import threading
+from collections import OrderedDict
 from dataclasses import dataclass
 from functools import lru_cache
 from pathlib import Path
@@ -43,6 +44,11 @@ TOKENS_PER_NAME = 1
 TOKENS_PER_TOOL_CALL = 3
 TOKENS_REPLY_PRIMING = 3
 TOKENS_TOOLS_FRAMING = 12
+# Counts kept per counter, by a digest of the text: a session's history and the tool
+# schemas are counted again for every model call, and each count is linear in the text.
+COUNTS_KEPT = 20_000
+# Shorter texts are counted each time: cheaper than their digest and lookup.
+COUNTS_KEPT_MIN_CHARS = 64
 
 
 @dataclass(frozen=True)
@@ -172,19 +178,40 @@ def estimate_tokens(text: str) -> int:
 
 
 class TokenCounter:
-    """Counts what a chat-completions call sends, for one model name."""
+    """Counts what a chat-completions call sends, for one model name.
+
+    A text's count is kept (the last ``COUNTS_KEPT`` texts, by a 128-bit digest), so the
+    history a model call resends costs a digest per message rather than a count: without
+    it, each turn of a long session spent time in proportion to everything said before.
+    Thread-safe: sessions are fitted in worker threads."""
 
     def __init__(self, model: str) -> None:
         self.model = model
         self.encoding_name = encoding_name_for(model)
+        self._kept: OrderedDict[bytes, int] = OrderedDict()
+        self._kept_lock = threading.Lock()
 
     @property
     def exact(self) -> bool:
         return self.encoding_name is not None and encoding_get(self.encoding_name) is not None
 
     def text(self, text: str) -> int:
-        if not text:
-            return 0
+        if len(text) < COUNTS_KEPT_MIN_CHARS:
+            return self._count(text) if text else 0
+        key = hashlib.blake2b(text.encode(errors="surrogatepass"), digest_size=16).digest()
+        with self._kept_lock:
+            kept = self._kept.get(key)
+            if kept is not None:
+                self._kept.move_to_end(key)
+                return kept
+        count = self._count(text)
+        with self._kept_lock:
+            self._kept[key] = count
+            if len(self._kept) > COUNTS_KEPT:
+                self._kept.popitem(last=False)
+        return count
+
+    def _count(self, text: str) -> int:
         encoding = encoding_get(self.encoding_name) if self.encoding_name else None
         if encoding is None:
             return estimate_tokens(text)

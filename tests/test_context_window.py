@@ -112,6 +112,37 @@ def test_vendored_encodings_are_tiktokens_own(monkeypatch: pytest.MonkeyPatch) -
     assert (DATA_DIR / "LICENSE").read_text().startswith("MIT License")
 
 
+def test_a_texts_count_is_kept_and_the_kept_counts_are_bounded(
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    """A history resent with every model call is counted once; the oldest counts go first."""
+    from sessions_app import token_counting
+
+    counted: list[str] = []
+
+    def counting_estimate(text: str) -> int:
+        counted.append(text)
+        return estimate_tokens(text)
+
+    monkeypatch.setattr(token_counting, "estimate_tokens", counting_estimate)
+    monkeypatch.setattr(token_counting, "COUNTS_KEPT", 2)
+    counter = TokenCounter("chatproject-local")
+    texts = [f"{k} " + SAMPLES[1] * 3 for k in range(3)]
+    assert counter.text(texts[0]) == counter.text(texts[0]) == estimate_tokens(texts[0])
+    assert counted == [texts[0]]
+    counter.text(texts[1])
+    counter.text(texts[0])  # kept, and now the newest
+    counter.text(texts[2])  # pushes out texts[1], the oldest
+    assert counted == texts[:3]
+    counter.text(texts[0])
+    counter.text(texts[1])
+    assert counted == [*texts[:3], texts[1]]
+    short = "a few words"  # under COUNTS_KEPT_MIN_CHARS: counted each time
+    counter.text(short)
+    counter.text(short)
+    assert counted[-2:] == [short, short]
+
+
 @pytest.mark.usefixtures("reference_encodings")
 @pytest.mark.parametrize(
     ("model", "encoding"),
