@@ -53,12 +53,15 @@ def _limiter(*, shared: bool) -> MovingWindowRateLimiter:
     if limiter is None:
         storage: Storage
         if shared and settings.REDIS_URL:
+            # The loop's own pool (sessions_app.redis_clients): its timeouts, and callers
+            # wait for a connection when all are busy. The storage's default pool raised
+            # MaxConnectionsError instead (500 sessions sending at once, the stream bench).
             storage = RedisStorage(
                 f"async+{settings.REDIS_URL}",
                 implementation="redispy",
                 key_prefix=f"{settings.CHAT_CACHE_PREFIX}:limits",
-                socket_connect_timeout=1,
-                socket_timeout=2,
+                # A documented option, though the signature types options as scalars.
+                connection_pool=redis_client(settings.REDIS_URL).connection_pool,  # type: ignore[arg-type]
             )
         else:
             storage = MemoryStorage()

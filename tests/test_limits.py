@@ -261,6 +261,37 @@ async def test_tokens_per_turn(owner: Any, session_id: uuid.UUID, settings: Any)
 # --- the limiter itself -----------------------------------------------------------------------
 
 
+async def test_many_sends_at_once_are_all_counted_on_the_loops_redis_pool(
+    owner: Any, settings: Any, monkeypatch: Any, caplog: Any
+) -> None:
+    """The message rate counts in Redis through the loop's pool, which makes callers wait
+    for a connection: more sends at once than it has connections are all counted, none let
+    through for want of one."""
+    if not django_settings.REDIS_URL:
+        pytest.skip("needs REDIS_URL=redis://… (runs in the second pass)")
+    from sessions_app import redis_clients
+
+    monkeypatch.setattr(redis_clients, "POOL_MAX_CONNECTIONS", 2)
+    monkeypatch.setattr(redis_clients, "_clients", redis_clients.LoopLocal())
+    monkeypatch.setattr(limits, "_limiters", limits.LoopLocal())
+    settings.CHAT_USER_MESSAGES_PER_MINUTE = 10
+    pool = redis_clients.redis_client(django_settings.REDIS_URL).connection_pool
+    storage: Any = limits._limiter(shared=True).storage
+    assert storage.bridge.storage.connection_pool is pool
+
+    async def send() -> str:
+        try:
+            await limits.check_message_rate(owner_id=owner.pk)
+        except LimitExceeded as exc:
+            return exc.code
+        return "allowed"
+
+    outcomes = await asyncio.gather(*(send() for _ in range(30)))
+    assert outcomes.count("allowed") == 10
+    assert outcomes.count("message_rate_limited") == 20
+    assert "rate limiter unavailable" not in caplog.text
+
+
 async def test_a_broken_rate_store_lets_requests_through(
     owner: Any, settings: Any, monkeypatch: Any, caplog: Any
 ) -> None:
