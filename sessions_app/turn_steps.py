@@ -40,6 +40,11 @@ def message_out(message: ChatMessageData) -> dict[str, Any]:
     return MessageOut.of(message).model_dump(mode="json")
 
 
+def empty_reply() -> ChatMessageData:
+    """An assistant message about to stream, as stored before its first token."""
+    return ChatMessageData(role="assistant", content="", status="streaming")
+
+
 @dataclass
 class Step:
     """The assistant message being streamed, and what the step has produced so far."""
@@ -303,15 +308,12 @@ class TurnRunner:
         first, self.first_call = self.first_call, None
         if first is not None:
             self.step = Step(message=first.reply)  # a failure from here on closes it
-            call: ModelCall | AsyncIterator[llm.StreamItem] | None = first.call
-        else:
-            call = None
+        call: ModelCall | AsyncIterator[llm.StreamItem] | None = first.call if first else None
         if call is None:
             messages = await self.model_messages(tools)
             if self.step is None:
                 [reply] = await db_sync_to_async(store.messages_append)(
-                    session_id=self.sid,
-                    messages=[ChatMessageData(role="assistant", content="", status="streaming")],
+                    session_id=self.sid, messages=[empty_reply()]
                 )
                 self.step = Step(message=reply)
             call = llm.stream_chat(messages=messages, tools=tools or None)

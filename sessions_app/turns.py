@@ -33,7 +33,7 @@ from sessions_app.errors import LimitExceeded, Refused, SessionNotFound
 from sessions_app.loop_local import LoopLocal
 from sessions_app.schemas import ChatMessageData
 from sessions_app.tools.registry import tools_openai_schemas
-from sessions_app.turn_steps import FirstCall, ModelCall, TurnRunner, message_out
+from sessions_app.turn_steps import FirstCall, ModelCall, TurnRunner, empty_reply, message_out
 
 logger = logging.getLogger(__name__)
 
@@ -197,7 +197,7 @@ async def _begin_turn(
     returns what was stored and whether a dead turn was finished first. Raises what
     ``turn_start`` raises; a retried send comes back as not ``created``."""
     client_message_id = message.client_message_id or ""
-    reply = ChatMessageData(role="assistant", content="", status="streaming")
+    reply = empty_reply()
     begin = db_sync_to_async(_begin)
     recovered = False
     try:
