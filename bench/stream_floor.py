@@ -38,6 +38,7 @@ def client() -> AsyncOpenAI:
             api_key="stream-floor",
             timeout=120.0,
             max_retries=0,
+            http_client=openai.DefaultAioHttpClient(),  # the server's transport
         )
     return _client
 

@@ -153,7 +153,7 @@ async def drain() -> None:
     """Stop taking turns and hand back every turn and operation this process runs."""
     global _draining
     _draining = True
-    from sessions_app import operations, turns
+    from sessions_app import llm, operations, turns
 
     await turns.turns_interrupt_all()
     owner = process_id()
@@ -173,6 +173,9 @@ async def drain() -> None:
     for task in background:
         if task is not asyncio.current_task():
             task.cancel()
+    # The model client's connections close with their loop, not at exit (where aiohttp
+    # logs an ERROR for each session left open).
+    await llm.clients_close()
 
 
 def _db(fn: Callable[..., Any]) -> Callable[..., Any]:

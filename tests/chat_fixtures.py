@@ -14,7 +14,7 @@ from channels.testing import WebsocketCommunicator
 from django.db import connections
 
 from chatproject.routing import websocket_urlpatterns
-from sessions_app import runtime, store, turns
+from sessions_app import llm, runtime, store, turns
 from sessions_app.models import ChatMessage
 from tests.conftest import OWNER_PASSWORD
 from tests.servers import session_cookie
@@ -47,6 +47,9 @@ async def chat_runtime(chat_runtime_settings: None) -> AsyncIterator[None]:
         await turns.turn_wait(session_id)
     await turns.background_wait()
     await runtime.stop()
+    # The model client's connections belong to this loop too (aiohttp logs an ERROR for a
+    # session left open).
+    await llm.clients_close()
     # Close the layer's connections and receiver in this loop (conftest's
     # _fresh_channel_layer then drops the layer).
     layer = get_channel_layer()

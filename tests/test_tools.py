@@ -882,8 +882,11 @@ async def test_draft_document_against_the_local_model(settings: Any, local_model
     recorder = Recorder()
     context = make_context(progress=recorder.on_progress, complete=complete)
     raw = json.dumps({"topic": "coral reefs", "sections": 2})
-    first = await tool_execute(name="draft_document", raw_arguments=raw, context=context)
-    again = await tool_execute(name="draft_document", raw_arguments=raw, context=context)
+    try:
+        first = await tool_execute(name="draft_document", raw_arguments=raw, context=context)
+        again = await tool_execute(name="draft_document", raw_arguments=raw, context=context)
+    finally:
+        await llm.clients_close()
     assert first.ok, first.content
     assert first == again  # deterministic, which is what makes a retry after a crash sane
     head, intro, conclusion = first.content.split("\n\n## ")
