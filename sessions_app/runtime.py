@@ -92,9 +92,14 @@ async def stop() -> None:
     _home = _wake = None
 
 
+def detached(coro: Coroutine[Any, Any, Any], name: str) -> asyncio.Task[Any]:
+    """A task that owes nothing to the request or socket that started it: a fresh context,
+    so it does not inherit (and outlive) a request's thread-sensitive executor."""
+    return asyncio.get_running_loop().create_task(coro, name=name, context=contextvars.Context())
+
+
 def _spawn(coro: Any, name: str) -> None:
-    # A fresh context: the first request's thread-sensitive executor must not be inherited.
-    task = asyncio.get_running_loop().create_task(coro, name=name, context=contextvars.Context())
+    task = detached(coro, name)
     _tasks.add(task)
     task.add_done_callback(_tasks.discard)
 

@@ -9,7 +9,6 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
-import contextvars
 import logging
 import uuid
 from collections.abc import AsyncIterator
@@ -18,7 +17,7 @@ from typing import Any
 
 from django.conf import settings
 
-from sessions_app import context_window, events, llm, operations, store
+from sessions_app import context_window, events, llm, operations, runtime, store
 from sessions_app.db import db_sync_to_async
 from sessions_app.errors import LimitExceeded, StoreWriteError
 from sessions_app.schemas import ChatMessageData, MessageOut, Usage
@@ -190,9 +189,7 @@ class ModelCall:
 
     def __init__(self, messages: list[dict[str, Any]], tools: list[dict[str, Any]]) -> None:
         self.items: asyncio.Queue[Any] = asyncio.Queue()
-        self.task = asyncio.get_running_loop().create_task(
-            self.read(messages, tools), name="model call", context=contextvars.Context()
-        )
+        self.task = runtime.detached(self.read(messages, tools), "model call")
 
     async def read(self, messages: list[dict[str, Any]], tools: list[dict[str, Any]]) -> None:
         try:

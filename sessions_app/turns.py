@@ -17,7 +17,6 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
-import contextvars
 import logging
 import uuid
 from dataclasses import dataclass
@@ -297,13 +296,7 @@ async def _acquire_unless_limited(turn: _Turn) -> bool:
 
 def _launch(turn: _Turn) -> None:
     _running[turn.session_id] = turn
-    turn.task = _detached(_run(turn), f"turn {turn.turn_id} of session {turn.session_id}")
-
-
-def _detached(coro: Any, name: str) -> asyncio.Task[Any]:
-    """A task that owes nothing to the request or socket that started it: a fresh context,
-    so it does not inherit (and outlive) a request's thread-sensitive executor."""
-    return asyncio.get_running_loop().create_task(coro, name=name, context=contextvars.Context())
+    turn.task = runtime.detached(_run(turn), f"turn {turn.turn_id} of session {turn.session_id}")
 
 
 async def _release(turn: _Turn, event_seq: int | None = None) -> None:
@@ -397,7 +390,7 @@ class _CancelInbox:
         async with self.lock:
             if self.channel is None:
                 self.channel = await self.layer.new_channel()
-                self.task = _detached(self.receive_loop(), "cancel inbox")
+                self.task = runtime.detached(self.receive_loop(), "cancel inbox")
             return self.channel
 
     async def receive_loop(self) -> None:
@@ -501,7 +494,7 @@ async def _run(turn: _Turn) -> None:
 
 
 def _spawn(coro: Any, name: str) -> None:
-    task = _detached(coro, name)
+    task = runtime.detached(coro, name)
     _background.add(task)
     task.add_done_callback(_background.discard)
 
