@@ -160,32 +160,29 @@ async def turn_start(
     # the model's own time to first token hides the database's. If the turn does not
     # start after all (a turn runs, a retried send, a limit), the call is dropped unread.
     call = ModelCall(prepared.messages, prepared.tools) if prepared is not None else None
+    kept: ModelCall | None = None  # the call the turn takes over; any other is closed
     try:
         begun, recovered = await _begin_turn(turn, user_message, with_reply=prepared is not None)
-    except BaseException:
-        if call is not None:
+        message = begun.message
+        if not begun.created:
+            return TurnStart(message=message, duplicate=True, turn_id=None)
+        first = await events.event_publish(
+            session_id, "message_created", message=message_out(message), turn_id=str(turn.turn_id)
+        )
+        if first is not None and (prepared is None or prepared.event_floor == 0):
+            # A session's first floor; later ones are saved as its turns end.
+            _spawn(events.event_floor_save(session_id, first["seq"]), "event floor")
+        if begun.followers:
+            # Only a call made from the history as stored: if it changed meanwhile (a dead
+            # turn's work was finished first, or a message came from elsewhere), the turn
+            # reads it again and calls then.
+            current = prepared is not None and prepared.user_sequence == message.sequence
+            kept = call if current and not recovered else None
+            turn.first_call = FirstCall(reply=begun.followers[0], call=kept)
+        _launch(turn)
+    finally:
+        if call is not None and call is not kept:
             call.close()
-        raise
-    message = begun.message
-    if not begun.created:
-        if call is not None:
-            call.close()
-        return TurnStart(message=message, duplicate=True, turn_id=None)
-    first = await events.event_publish(
-        session_id, "message_created", message=message_out(message), turn_id=str(turn.turn_id)
-    )
-    if first is not None and (prepared is None or prepared.event_floor == 0):
-        # A session's first floor; later ones are saved as its turns end.
-        _spawn(events.event_floor_save(session_id, first["seq"]), "event floor")
-    if begun.followers:
-        if recovered or prepared is None or prepared.user_sequence != message.sequence:
-            # The history changed meanwhile (a dead turn's work was finished first, or a
-            # message came from elsewhere): the turn reads it again and calls then.
-            if call is not None:
-                call.close()
-            call = None
-        turn.first_call = FirstCall(reply=begun.followers[0], call=call)
-    _launch(turn)
     return TurnStart(message=message, duplicate=False, turn_id=turn.turn_id)
 
 
