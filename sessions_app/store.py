@@ -460,8 +460,14 @@ def message_complete(
 ) -> tuple[ChatMessageData, Usage | None]:
     """The last write of a model call: its message changed in place and its token usage
     recorded, in one transaction. Returns the message and the session's usage totals
-    (``None`` without ``usage``)."""
+    (``None`` without ``usage``). On PostgreSQL one round trip (``store_pg``)."""
     sid = _as_uuid(session_id)
+    from sessions_app import store_pg  # the store's other half, which imports this one
+
+    if store_pg.enabled():
+        return store_pg.message_complete(
+            session_id=sid, sequence=sequence, changes=changes, usage=usage, model=model
+        )
     try:
         with transaction.atomic():
             row = _locked_row(sid, None)

@@ -26,7 +26,7 @@ from channels.layers import get_channel_layer
 from django.conf import settings
 from django.db import transaction
 
-from sessions_app import context_window, events, leases, limits, llm, runtime, store
+from sessions_app import context_window, events, leases, limits, llm, runtime, store, store_pg
 from sessions_app.db import db_sync_to_async
 from sessions_app.errors import LimitExceeded, Refused, SessionNotFound
 from sessions_app.loop_local import LoopLocal
@@ -243,8 +243,27 @@ def _begin(
     Returns what was stored (the lease is kept only when the message is new), ``"busy"``
     when a live turn holds the lease, or ``"stale"`` when a dead turn still does (the
     caller recovers it, then tries again). Raises ``LimitExceeded`` (too many turns) and
-    the store's errors, holding nothing.
+    the store's errors, holding nothing. On PostgreSQL one round trip (``store_pg``).
     """
+    if store_pg.enabled():
+        begun = store_pg.turn_begin(
+            session_id=turn.session_id,
+            owner_id=turn.owner_id,
+            turn_id=turn.turn_id,
+            process=runtime.process_id(),
+            messages=[message] if reply is None else [message, reply],
+        )
+        if begun.outcome in ("busy", "stale"):
+            return begun.outcome
+        if begun.outcome == "duplicate":
+            existing = store.message_by_client_id(
+                session_id=turn.session_id,
+                owner_id=turn.owner_id,
+                client_message_id=message.client_message_id or "",
+            )
+            assert existing is not None  # stored messages are never deleted alone
+            return store.AppendedOnce(existing, [], False)
+        return store.AppendedOnce(begun.messages[0], begun.messages[1:], True)
     with transaction.atomic():
         if not _take_lease(turn, take_stale=False):
             stale = leases.turn_leases_stale(session_id=turn.session_id)
