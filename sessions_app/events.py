@@ -8,6 +8,13 @@ it to the session's channel-layer group. So the log holds every seq up to the ne
 and a consumer that sees ``seq`` jump (the layer reordered or dropped a message) repairs the
 gap from the log.
 
+With channels-redis's pub/sub layer on the log's Redis (the production configuration), the
+log's script also makes the group send itself: one ``PUBLISH``, in the same round trip, of
+the message the layer's subscribers expect (``live_channel``). The layer's own
+``group_send`` holds one lock per process around every ``PUBLISH``, so every event of every
+session waited for the previous one's round trip: under load an event took hundreds of
+milliseconds to go out (docs/performance.md). Any other layer gets ``group_send``.
+
 Events describe state, not increments, so applying one twice is harmless: a text delta names
 its message and its character ``offset``; everything else carries the whole object.
 
@@ -58,6 +65,9 @@ def restart_floor(last_event_seq: int) -> int:
 
 
 class EventLog(Protocol):
+    # Whether ``append`` also sends the event to the session's group (else the caller does).
+    publishes_live: bool
+
     async def append(self, session_id: uuid.UUID, event: Event) -> int: ...
 
     async def since(self, session_id: uuid.UUID, after: int) -> list[Event] | None: ...
@@ -74,6 +84,8 @@ async def _floor(session_id: uuid.UUID) -> int:
 
 class MemoryEventLog:
     """The embedded default: one process, so a dict of deques under a lock is the log."""
+
+    publishes_live = False
 
     def __init__(self, size: int) -> None:
         self.size = size
@@ -130,8 +142,11 @@ def _select(
     return [{**json.loads(payload), "seq": seq} for seq, payload in entries if seq > after]
 
 
-# KEYS: counter, stream. ARGV: payload, maxlen, ttl, floor ("" = ask the caller for one).
-# Returns the new seq, or -1 when the counter is missing and no floor was given.
+# KEYS: counter, stream. ARGV: payload, maxlen, ttl, floor ("" = ask the caller for one),
+# live channel ("" = none). Returns the new seq, or -1 when the counter is missing and no
+# floor was given. The live message is what ``event_publish`` would hand ``group_send``,
+# msgpack-encoded as channels-redis's default serializer does; its frame is the payload
+# with ``"seq"`` added last, as ``json.dumps`` writes it.
 _APPEND_SCRIPT = """
 if redis.call('EXISTS', KEYS[1]) == 0 then
   if ARGV[4] == '' then return -1 end
@@ -147,6 +162,11 @@ local seq = redis.call('INCR', KEYS[1])
 redis.call('XADD', KEYS[2], 'MAXLEN', ARGV[2], seq .. '-1', 'e', ARGV[1])
 redis.call('EXPIRE', KEYS[1], ARGV[3])
 redis.call('EXPIRE', KEYS[2], ARGV[3])
+if ARGV[5] ~= '' then
+  local frame = string.sub(ARGV[1], 1, -2) .. ', "seq": ' .. string.format('%d', seq) .. '}'
+  redis.call('PUBLISH', ARGV[5],
+    cmsgpack.pack({type = 'session.event', seq = seq, frame = frame}))
+end
 return seq
 """
 
@@ -157,11 +177,15 @@ def _entry_seq(entry_id: bytes) -> int:
 
 
 class RedisEventLog:
-    """Production: a Redis Stream per session whose entry ids are ``<seq>-1``."""
+    """Production: a Redis Stream per session whose entry ids are ``<seq>-1``. With
+    ``live_prefix`` (``live_prefix()``), ``append`` publishes each event to its session's
+    group of channels-redis's pub/sub layer as well."""
 
-    def __init__(self, url: str, size: int) -> None:
+    def __init__(self, url: str, size: int, live_prefix: str | None = None) -> None:
         self.url = url
         self.size = size
+        self.live_prefix = live_prefix
+        self.publishes_live = live_prefix is not None
         self._scripts: LoopLocal[Any] = LoopLocal()
 
     def _redis(self) -> aioredis.Redis:
@@ -179,12 +203,13 @@ class RedisEventLog:
     async def append(self, session_id: uuid.UUID, event: Event) -> int:
         payload = json.dumps(event)
         keys = self._keys(session_id)
-        args: list[str | int] = [payload, self.size, LOG_TTL_SECONDS]
+        live = "" if self.live_prefix is None else live_channel(self.live_prefix, session_id)
         script = self._append_script()
-        seq = int(await script(keys=keys, args=[*args, ""]))
+        seq = int(await script(keys=keys, args=[payload, self.size, LOG_TTL_SECONDS, "", live]))
         if seq == -1:
             floor = await _floor(session_id)
-            seq = int(await script(keys=keys, args=[*args, floor]))
+            args = [payload, self.size, LOG_TTL_SECONDS, floor, live]
+            seq = int(await script(keys=keys, args=args))
         return seq
 
     async def since(self, session_id: uuid.UUID, after: int) -> list[Event] | None:
@@ -218,6 +243,31 @@ class RedisEventLog:
         ]
 
 
+PUBSUB_LAYER = "channels_redis.pubsub.RedisPubSubChannelLayer"
+
+
+def live_prefix() -> str | None:
+    """The channel prefix of the default channel layer when the event log can publish to it
+    itself: channels-redis's pub/sub layer on ``REDIS_URL`` alone, with its default
+    serializer (msgpack, no encryption). ``None`` for any other layer or configuration."""
+    layer = settings.CHANNEL_LAYERS.get("default", {})
+    config = layer.get("CONFIG", {})
+    hosts = config.get("hosts", [])
+    if layer.get("BACKEND") != PUBSUB_LAYER or not settings.REDIS_URL or len(hosts) != 1:
+        return None
+    address = hosts[0].get("address") if isinstance(hosts[0], dict) else hosts[0]
+    if address != settings.REDIS_URL or set(config) - {"hosts", "prefix"}:
+        return None  # another Redis, encryption, another serializer, ...: the layer's own way
+    return str(config.get("prefix", "asgi"))
+
+
+def live_channel(prefix: str, session_id: uuid.UUID) -> str:
+    """The Redis channel of a session's group in channels-redis's pub/sub layer
+    (``RedisPubSubLoopLayer._get_group_channel_name``; tests/test_events.py checks that the
+    layer hears it)."""
+    return f"{prefix}__group__{group_name(session_id)}"
+
+
 _log: EventLog | None = None
 
 
@@ -226,14 +276,16 @@ def event_log() -> EventLog:
     if _log is None:
         size = settings.CHAT_EVENT_LOG_SIZE
         _log = (
-            RedisEventLog(settings.REDIS_URL, size) if settings.REDIS_URL else MemoryEventLog(size)
+            RedisEventLog(settings.REDIS_URL, size, live_prefix())
+            if settings.REDIS_URL
+            else MemoryEventLog(size)
         )
     return _log
 
 
 def _reset_log(*, setting: str, **kwargs: Any) -> None:
     global _log
-    if setting in ("REDIS_URL", "CHAT_EVENT_LOG_SIZE", "CHAT_CACHE_PREFIX"):
+    if setting in ("REDIS_URL", "CHAT_EVENT_LOG_SIZE", "CHAT_CACHE_PREFIX", "CHANNEL_LAYERS"):
         _log = None
 
 
@@ -248,8 +300,9 @@ async def event_publish(session_id: uuid.UUID, event_type: str, **fields: Any) -
     ``resume``. Returns the event as published, or ``None`` when it could not be logged.
     """
     event: Event = {"type": event_type, **fields}
+    log = event_log()
     try:
-        seq = await event_log().append(session_id, event)
+        seq = await log.append(session_id, event)
     except Exception:
         logger.warning(
             "could not log %s event of session %s", event_type, session_id, exc_info=True
@@ -257,7 +310,7 @@ async def event_publish(session_id: uuid.UUID, event_type: str, **fields: Any) -
         return None
     event["seq"] = seq
     layer = get_channel_layer()
-    if layer is not None:
+    if layer is not None and not log.publishes_live:
         try:
             # The frame's text is made once here, not once per socket that relays it.
             message = {"type": "session.event", "seq": seq, "frame": json.dumps(event)}
