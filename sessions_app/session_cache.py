@@ -136,6 +136,34 @@ def messages_store(session_id: uuid.UUID, messages: Iterable[ChatMessageData]) -
         cache.set_many(encoded, timeout=_ttl())
 
 
+def messages_written(session_id: uuid.UUID, messages: Iterable[ChatMessageData]) -> None:
+    """After a write of ``messages`` committed: bump the generation, then store the messages
+    as written; on Redis both in one pipelined round trip (in that order, as separate
+    commands: when storing fails, the bump still sends readers to the database)."""
+    client = _redis_client()
+    if client is None:
+        generation_bump(session_id)
+        messages_store(session_id, messages)
+        return
+    try:
+        encoded = _encoded(session_id, messages)
+        pipeline = client.get_client(write=True).pipeline(transaction=False)
+        # django-redis's own incr (of an existing generation only) and set, on the pipeline.
+        client.incr(generation_key(session_id), client=pipeline)
+        for key, value in encoded.items():
+            client.set(key, value, timeout=_ttl(), client=pipeline)
+        pipeline.execute()
+    except Exception:
+        generation_bump(session_id)  # whatever failed, at least the bump (again is harmless)
+        raise
+
+
+def _redis_client() -> Any:
+    """django-redis's client behind the cache, or ``None`` for another backend."""
+    client = getattr(cache, "client", None)
+    return client if client is not None and hasattr(client, "get_client") else None
+
+
 def messages_backfill(session_id: uuid.UUID, messages: Iterable[ChatMessageData]) -> None:
     """Cache messages a reader loaded from the database, only where no entry exists.
 
@@ -147,8 +175,8 @@ def messages_backfill(session_id: uuid.UUID, messages: Iterable[ChatMessageData]
 def _add_many(entries: Mapping[str, Any]) -> None:
     if not entries:
         return
-    client = getattr(cache, "client", None)
-    if client is not None and hasattr(client, "get_client"):
+    client = _redis_client()
+    if client is not None:
         # django-redis: one pipelined round trip of SET NX instead of one per entry.
         pipeline = client.get_client(write=True).pipeline()
         for key, value in entries.items():

@@ -316,11 +316,10 @@ def _locked_row(session_id: uuid.UUID, owner_id: int | None) -> ChatSession:
 
 
 def _after_messages_write(sid: uuid.UUID, saved: list[ChatMessageData]) -> None:
-    # Two separate best-effort steps, the bump first: if storing the entries fails, the
-    # bumped generation still sends readers to the database for the new last sequence,
-    # and they back-fill the missing entries themselves.
-    _after_commit("update", sid, lambda: session_cache.generation_bump(sid))
-    _after_commit("write", sid, lambda: session_cache.messages_store(sid, saved))
+    # The bump first: if storing the entries fails, the bumped generation still sends
+    # readers to the database for the new last sequence, and they back-fill the missing
+    # entries themselves.
+    _after_commit("update", sid, lambda: session_cache.messages_written(sid, saved))
 
 
 def messages_append(

@@ -459,6 +459,33 @@ def test_invalidate_drops_every_entry(owner: Any) -> None:
 def test_failed_message_cache_write_still_invalidates(owner: Any) -> None:
     sid = make_session(owner, 1)
     assert contents(sid) == ["m1"]  # metadata and message 1 cached
-    with mock.patch.object(session_cache, "messages_store", side_effect=ConnectionError("down")):
+    with mock.patch.object(session_cache, "_encoded", side_effect=ConnectionError("down")):
         store.messages_append(session_id=sid, messages=[user_msg("m2")])
     assert contents(sid) == ["m1", "m2"]
+
+
+@pytest.mark.redis
+def test_an_appends_cache_writes_are_one_round_trip_to_redis(owner: Any) -> None:
+    import redis
+
+    sid = make_session(owner, 1)
+    assert contents(sid) == ["m1"]  # the generation and the entries exist
+    single, pipelines = [], []
+    real_command, real_execute = redis.Redis.execute_command, redis.client.Pipeline.execute
+
+    def command(self: Any, *args: Any, **kwargs: Any) -> Any:
+        single.append(args[0])
+        return real_command(self, *args, **kwargs)
+
+    def execute(self: Any, *args: Any, **kwargs: Any) -> Any:
+        pipelines.append([c[0][0] for c in self.command_stack])
+        return real_execute(self, *args, **kwargs)
+
+    with (
+        mock.patch.object(redis.Redis, "execute_command", command),
+        mock.patch.object(redis.client.Pipeline, "execute", execute),
+    ):
+        store.messages_append(session_id=sid, messages=[user_msg("m2"), user_msg("m3")])
+    assert single == []
+    assert pipelines == [["EVAL", "SET", "SET"]]  # the generation's bump, then the entries
+    assert contents(sid) == ["m1", "m2", "m3"]
