@@ -558,21 +558,19 @@ def session_rename(*, session_id: uuid.UUID | str, owner_id: int, title: str) ->
     return _meta_from_row(row)
 
 
-def session_title_set_if_empty(*, session_id: uuid.UUID | str, title: str) -> SessionMeta | None:
+def session_title_set_if_empty(*, session_id: uuid.UUID | str, title: str) -> bool:
     """Set a generated title unless the session has one (the user may have named it
-    meanwhile). Returns the new metadata, or ``None`` when the title was kept."""
+    meanwhile, or deleted the session). One conditional ``UPDATE``; returns whether the
+    title was set."""
     sid = _as_uuid(session_id)
     try:
-        with transaction.atomic():
-            row = _locked_row(sid, None)
-            if row.title:
-                return None
-            row.title = title
-            row.save(update_fields=["title"])
-            _after_commit("update", sid, lambda: session_cache.generation_bump(sid))
+        # One statement, its own transaction (or part of the caller's).
+        changed = ChatSession.objects.filter(pk=sid, title="").update(title=title) == 1
     except DatabaseError as exc:
         raise _write_failed("the generated title", sid, exc) from exc
-    return _meta_from_row(row)
+    if changed:
+        _after_commit("update", sid, lambda: session_cache.generation_bump(sid))
+    return changed
 
 
 class ContextSummary(NamedTuple):

@@ -537,11 +537,10 @@ async def _make_title(session_id: uuid.UUID) -> None:
         title = " ".join(text.strip().strip("\"'").split())[: settings.CHAT_TITLE_MAX_LENGTH]
         if not title:
             return
-        meta = await db_sync_to_async(store.session_title_set_if_empty)(
+        if await db_sync_to_async(store.session_title_set_if_empty)(
             session_id=session_id, title=title
-        )
-        if meta is not None:
-            await events.event_publish(session_id, "title_updated", title=meta.title)
+        ):
+            await events.event_publish(session_id, "title_updated", title=title)
     except SessionNotFound:
         return
     except Exception:

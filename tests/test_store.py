@@ -426,6 +426,20 @@ def test_rename_changes_title_only_and_invalidates(owner: Any, stranger: Any) ->
     assert store.session_get(session_id=sid).title == "new"
 
 
+def test_a_generated_title_is_set_once_and_never_over_the_users(owner: Any) -> None:
+    sid = make_session(owner, 1, title="")
+    assert store.session_get(session_id=sid).title == ""  # metadata cached
+    with CaptureQueriesContext(connection) as queries:
+        assert store.session_title_set_if_empty(session_id=sid, title="Tea") is True
+    assert len(queries) == 1
+    assert store.session_get(session_id=sid).title == "Tea"  # the cache learnt it
+    assert store.session_title_set_if_empty(session_id=sid, title="Other") is False
+    store.session_rename(session_id=sid, owner_id=owner.pk, title="Mine")
+    assert store.session_title_set_if_empty(session_id=sid, title="Other") is False
+    assert store.session_get(session_id=sid).title == "Mine"
+    assert store.session_title_set_if_empty(session_id=uuid.uuid4(), title="x") is False
+
+
 def test_delete_checks_owner_then_drops_cache(owner: Any, stranger: Any) -> None:
     sid = make_session(owner, 2)
     store.session_get(session_id=sid)
