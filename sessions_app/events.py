@@ -42,8 +42,8 @@ from redis import asyncio as aioredis
 
 from sessions_app import runtime, store
 from sessions_app.db import db_sync_to_async
-from sessions_app.loop_local import LoopLocal
 from sessions_app.redis_clients import redis_client
+from sessions_app.script_batches import ScriptBatches
 
 logger = logging.getLogger(__name__)
 
@@ -186,15 +186,12 @@ class RedisEventLog:
         self.size = size
         self.live_prefix = live_prefix
         self.publishes_live = live_prefix is not None
-        self._scripts: LoopLocal[Any] = LoopLocal()
+        # Called with EVALSHA (the text travels again only after Redis forgot it), the
+        # concurrent appends of a loop in one round trip.
+        self._appends = ScriptBatches(url, _APPEND_SCRIPT)
 
     def _redis(self) -> aioredis.Redis:
         return redis_client(self.url)
-
-    def _append_script(self) -> Any:
-        """The append script of the running loop's client: called with EVALSHA, so its text
-        travels once per connection (again only after Redis forgot it), not with every event."""
-        return self._scripts.get(lambda: self._redis().register_script(_APPEND_SCRIPT))
 
     def _keys(self, session_id: uuid.UUID) -> list[str]:
         base = f"{settings.CHAT_CACHE_PREFIX}:events:v1:{session_id}"
@@ -204,12 +201,11 @@ class RedisEventLog:
         payload = json.dumps(event)
         keys = self._keys(session_id)
         live = "" if self.live_prefix is None else live_channel(self.live_prefix, session_id)
-        script = self._append_script()
-        seq = int(await script(keys=keys, args=[payload, self.size, LOG_TTL_SECONDS, "", live]))
+        run = self._appends.run
+        seq = int(await run(keys, [payload, self.size, LOG_TTL_SECONDS, "", live]))
         if seq == -1:
             floor = await _floor(session_id)
-            args = [payload, self.size, LOG_TTL_SECONDS, floor, live]
-            seq = int(await script(keys=keys, args=args))
+            seq = int(await run(keys, [payload, self.size, LOG_TTL_SECONDS, floor, live]))
         return seq
 
     async def since(self, session_id: uuid.UUID, after: int) -> list[Event] | None:
