@@ -21,6 +21,7 @@ guard against abuse, and an outage of Redis must not take the chat down with it.
 
 from __future__ import annotations
 
+import functools
 import logging
 import math
 import time
@@ -34,6 +35,7 @@ from limits.aio.strategies import MovingWindowRateLimiter
 from sessions_app.errors import LimitExceeded
 from sessions_app.loop_local import LoopLocal
 from sessions_app.redis_clients import redis_client
+from sessions_app.script_batches import ScriptBatches
 
 logger = logging.getLogger(__name__)
 
@@ -143,8 +145,18 @@ redis.call('PEXPIRE', KEYS[1], ARGV[5])
 return 1
 """
 
+_SOCKET_DROP_SCRIPT = "return redis.call('ZREM', KEYS[1], ARGV[1])"
+
 # The embedded default: user id -> socket id -> expiry (time.time()).
 _sockets: dict[int, dict[str, float]] = {}
+
+
+@functools.cache
+def _socket_scripts(url: str) -> tuple[ScriptBatches, ScriptBatches]:
+    """The registry's scripts (claim, drop), batched: 500 sockets opening or closing at once
+    share round trips instead of waiting for the loop's pooled connections (at 500 sessions
+    closing together, the drops waited longer than the pool lets them and failed)."""
+    return ScriptBatches(url, _SOCKET_SCRIPT), ScriptBatches(url, _SOCKET_DROP_SCRIPT)
 
 
 def _sockets_key(owner_id: int) -> str:
@@ -161,16 +173,11 @@ async def _socket_claim(owner_id: int, socket_id: str, *, limit: int) -> bool:
         mine[socket_id] = expires
         _sockets[owner_id] = mine
         return True
+    claim, _drop = _socket_scripts(settings.REDIS_URL)
     try:
-        claimed = await redis_client(settings.REDIS_URL).eval(
-            _SOCKET_SCRIPT,
-            1,
-            _sockets_key(owner_id),
-            now,
-            expires,
-            socket_id,
-            limit,
-            int(SOCKET_TTL_SECONDS * 1000),
+        claimed = await claim.run(
+            [_sockets_key(owner_id)],
+            [now, expires, socket_id, limit, int(SOCKET_TTL_SECONDS * 1000)],
         )
     except Exception:
         logger.warning("socket registry unavailable; letting a socket in", exc_info=True)
@@ -201,8 +208,9 @@ async def socket_close(*, owner_id: int, socket_id: str) -> None:
         if not mine:
             _sockets.pop(owner_id, None)  # no entry per user who ever connected
         return
+    _claim, drop = _socket_scripts(settings.REDIS_URL)
     try:
-        await redis_client(settings.REDIS_URL).zrem(_sockets_key(owner_id), socket_id)
+        await drop.run([_sockets_key(owner_id)], [socket_id])
     except Exception:
         logger.warning("socket registry unavailable; the entry expires by itself", exc_info=True)
 
