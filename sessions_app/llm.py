@@ -144,7 +144,7 @@ def _add_call_delta(calls: dict[int, _PartialCall], call_delta: Any) -> None:
             partial.arguments.append(storable_text(arguments))
 
 
-def _server_message(exc: openai.APIStatusError) -> str:
+def _server_message(exc: openai.APIError) -> str:
     body = exc.body
     message = ""
     if isinstance(body, dict):
@@ -204,6 +204,12 @@ def model_error_from(exc: BaseException) -> ModelError:
         return ModelError(
             "model_unavailable",
             f"The model server failed (HTTP {exc.status_code}): {_server_message(exc)}",
+        )
+    if isinstance(exc, openai.APIError):
+        # The SDK raises the base class for an error event inside a stream.
+        return ModelError(
+            "model_stream_error",
+            f"The model server reported an error during the reply: {_server_message(exc)}",
         )
     return ModelError(
         "model_stream_dropped", "The connection to the model broke off in the middle of a reply."

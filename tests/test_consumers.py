@@ -350,6 +350,7 @@ async def test_a_slow_checkpoint_does_not_hold_the_stream(
         ("/error bad_request", "model_bad_request"),
         ("/error timeout", "model_timeout"),
         ("/error drop", "model_stream_dropped"),
+        ("/error stream", "model_stream_error"),
     ],
 )
 async def test_model_errors_become_error_events(
@@ -365,8 +366,8 @@ async def test_model_errors_become_error_events(
     assert frames[-1]["status"] == "failed"
     stored = await db_messages(session_id)
     assert stored[1][1] == "assistant" and stored[1][3] == "failed"
-    if command == "/error drop":
-        assert len((stored[1][2] or "").split()) == 5  # the words before the drop are kept
+    if command in ("/error drop", "/error stream"):
+        assert len((stored[1][2] or "").split()) == 5  # the words before the break are kept
     assert socket.view.contents() == stored
 
 

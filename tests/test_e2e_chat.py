@@ -84,6 +84,7 @@ async def test_cancel_mid_stream(server: str, cookie: str, session_id: uuid.UUID
     [
         ("/error rate_limit", "model_rate_limited"),
         ("/error drop 5", "model_stream_dropped"),
+        ("/error stream 5", "model_stream_error"),
         ("/error timeout", "model_timeout"),
     ],
 )
@@ -96,8 +97,8 @@ async def test_model_errors(
     assert [f["code"] for f in frames if f["type"] == "error"] == [code]
     stored = await db_messages(session_id)
     assert stored[1][3] == "failed"
-    if command.startswith("/error drop"):
-        assert len((stored[1][2] or "").split()) == 5  # the words before the drop are kept
+    if command.startswith(("/error drop", "/error stream")):
+        assert len((stored[1][2] or "").split()) == 5  # the words before the break are kept
     assert ws.view.contents() == stored
 
 

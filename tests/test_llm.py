@@ -108,4 +108,5 @@ async def test_an_error_event_in_the_stream_is_a_model_error(
     use_server(monkeypatch, body)
     with pytest.raises(llm.ModelError) as caught:
         await collect(messages=[{"role": "user", "content": "hi"}])
-    assert caught.value.code and caught.value.message
+    assert caught.value.code == "model_stream_error"
+    assert caught.value.message.endswith("during the reply: overloaded")

@@ -25,6 +25,7 @@ from sessions_app.local_model.script import (
     VOCABULARY,
     DropPlan,
     ErrorPlan,
+    StreamErrorPlan,
     TextPlan,
     TimeoutPlan,
     ToolCallsPlan,
@@ -239,6 +240,8 @@ def test_error_commands() -> None:
     assert isinstance(timeout, TimeoutPlan) and timeout.seconds == 300
     drop = plan_reply(request_of(user("/error drop 3")))
     assert isinstance(drop, DropPlan) and len(drop.text.split()) == 3
+    broken = plan_reply(request_of(user("/error stream 2")))
+    assert isinstance(broken, StreamErrorPlan) and len(broken.text.split()) == 2
     assert "Kinds:" in text_of(plan_reply(request_of(user("/error nonsense"))))
 
 
@@ -565,6 +568,22 @@ async def test_drop_breaks_the_stream(local_model_url: str) -> None:
     assert isinstance(caught.value.__cause__, httpx2.RemoteProtocolError)
     with pytest.raises(openai.APIConnectionError):
         await complete_text(local_model_url, "/error drop")
+
+
+async def test_an_error_event_ends_the_stream_as_openais_do(local_model_url: str) -> None:
+    stream = await client(local_model_url).chat.completions.create(
+        model=MODEL_ID, messages=[user("/error stream 3")], stream=True
+    )
+    received: list[str] = []
+    with pytest.raises(openai.APIError) as caught:
+        async for chunk in stream:
+            received.append(chunk.choices[0].delta.content or "")
+    assert "".join(received) == make_words(3)
+    assert type(caught.value) is openai.APIError  # not a connection or an HTTP status error
+    assert "scripted by /error stream" in caught.value.message
+    with pytest.raises(openai.InternalServerError):  # no stream to break into: a 500
+        await complete_text(local_model_url, "/error stream")
+    assert await complete_text(local_model_url, "/echo still here") == "still here"
 
 
 async def test_client_disconnect_mid_stream_leaves_server_healthy(local_model_url: str) -> None:

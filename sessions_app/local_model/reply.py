@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import asyncio
 import functools
+import json
 import time
 from collections.abc import Awaitable, Callable, Coroutine, MutableMapping
 from typing import Any
@@ -17,6 +18,7 @@ from pydantic import BaseModel
 from sessions_app.local_model.script import (
     DropPlan,
     Plan,
+    StreamErrorPlan,
     TextPlan,
     TimeoutPlan,
     ToolCallsPlan,
@@ -75,6 +77,8 @@ class Reply:
             plan = TextPlan(text=plan.text)
         if isinstance(plan, DropPlan):
             await self._drop(plan)
+        elif isinstance(plan, StreamErrorPlan):
+            await self._stream_error(plan)
         elif isinstance(plan, TextPlan | ToolCallsPlan):
             if self.request.stream:
                 await self._stream(plan)
@@ -154,6 +158,17 @@ class Reply:
             # fails after the response has started.
             raise ConnectionAbortedError("/error drop: abandoning the response")
         await asyncio.sleep(DROP_WAIT_SECONDS)  # cut short by the disconnect that follows
+
+    async def _stream_error(self, plan: StreamErrorPlan) -> None:
+        """Stream a few words, then an error event as OpenAI's servers send one in a
+        stream (``data: {"error": {...}}``), then end the stream without a finish."""
+        await self._start_stream()
+        await self._chunk(Delta(role="assistant", content=""))
+        for piece in split_text(plan.text):
+            await self._pause()
+            await self._chunk(Delta(content=piece))
+        error = {"error": {"message": plan.message, "type": plan.error_type, "code": None}}
+        await self._event(json.dumps(error).encode(), more_body=False)
 
     async def _start_stream(self) -> None:
         headers = [*SSE_HEADERS, (b"x-request-id", self.id.encode())]

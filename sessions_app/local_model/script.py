@@ -26,7 +26,7 @@ QUOTE_LIMIT = 200
 TOOL_RESULT_LIMIT = 500
 TITLE_WORDS = 6
 ARGUMENT_FRAGMENT_CHARS = 8
-ERROR_KINDS = ("rate_limit", "server", "bad_request", "timeout", "drop")
+ERROR_KINDS = ("rate_limit", "server", "bad_request", "timeout", "drop", "stream")
 
 # Fixed vocabulary for /words: word i is VOCABULARY[(7 * i + 3) % 32], so `/words 10` is a
 # prefix of `/words 20` and a cancelled stream can be checked against the full one.
@@ -120,7 +120,16 @@ class DropPlan(BaseModel):
     text: str
 
 
-Plan = TextPlan | ToolCallsPlan | ErrorPlan | TimeoutPlan | DropPlan
+class StreamErrorPlan(BaseModel):
+    """Stream ``text`` (a few words), then an error event in the stream, then end it."""
+
+    kind: Literal["stream_error"] = "stream_error"
+    text: str
+    error_type: str = "server_error"
+    message: str = "The server had an error while streaming the reply (scripted by /error stream)."
+
+
+Plan = TextPlan | ToolCallsPlan | ErrorPlan | TimeoutPlan | DropPlan | StreamErrorPlan
 
 
 # --- ids and token counts -----------------------------------------------------------------
@@ -159,7 +168,7 @@ def prompt_tokens(request: ChatRequest) -> int:
 def completion_tokens(plan: Plan) -> int:
     if isinstance(plan, ToolCallsPlan):
         return sum(count_tokens(c.name) + count_tokens(c.arguments) for c in plan.calls)
-    if isinstance(plan, TextPlan | TimeoutPlan | DropPlan):
+    if isinstance(plan, TextPlan | TimeoutPlan | DropPlan | StreamErrorPlan):
         return count_tokens(plan.text)
     return 0
 
@@ -339,6 +348,8 @@ def plan_error(arguments: list[str]) -> Plan:
         return TimeoutPlan(seconds=seconds, text=f"Waited {seconds:g} seconds (/error timeout).")
     if kind == "drop":
         return DropPlan(text=make_words(max(1, _int_or(number, DEFAULT_DROP_WORDS))))
+    if kind == "stream":
+        return StreamErrorPlan(text=make_words(max(1, _int_or(number, DEFAULT_DROP_WORDS))))
     kinds = ", ".join(ERROR_KINDS)
     return TextPlan(text=f'Unknown /error kind "{kind}". Kinds: {kinds}.')
 

@@ -26,7 +26,7 @@ from sessions_app.local_model.reply import (
     run_until_disconnect,
     send_json,
 )
-from sessions_app.local_model.script import ErrorPlan, plan_reply
+from sessions_app.local_model.script import ErrorPlan, StreamErrorPlan, plan_reply
 from sessions_app.local_model.shapes import (
     MAX_WORD_DELAY_MS,
     MODEL_ID,
@@ -174,6 +174,9 @@ class LocalModelApp:
         plan = plan_reply(request)
         if isinstance(plan, ErrorPlan):
             raise _plan_error(plan)
+        if isinstance(plan, StreamErrorPlan) and not request.stream:
+            # Without a stream to break into, the error is the whole answer.
+            raise HttpError(500, plan.message, error_type=plan.error_type)
         delay_ms = self.config.word_delay_ms
         if request.local_model is not None and request.local_model.word_delay_ms is not None:
             delay_ms = request.local_model.word_delay_ms
