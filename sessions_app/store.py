@@ -409,12 +409,17 @@ def session_save(*, session: SessionState, owner_id: int | None = None) -> Sessi
     return SessionState(**_meta_from_row(row).model_dump(), messages=messages)
 
 
-def _message_change(sid: uuid.UUID, sequence: int, changes: dict[str, Any]) -> ChatMessageData:
-    """Change a message in place. Precondition: in ``transaction.atomic()`` with the session
-    row locked; the caller updates the session row's ``updated_at``."""
+def _check_updatable(changes: dict[str, Any]) -> None:
+    """Raise ``ValueError`` for a change to a field that is not ``MESSAGE_UPDATABLE``."""
     unknown = set(changes) - set(MESSAGE_UPDATABLE)
     if unknown:
         raise ValueError(f"message fields not updatable: {', '.join(sorted(unknown))}")
+
+
+def _message_change(sid: uuid.UUID, sequence: int, changes: dict[str, Any]) -> ChatMessageData:
+    """Change a message in place. Precondition: in ``transaction.atomic()`` with the session
+    row locked; the caller updates the session row's ``updated_at``."""
+    _check_updatable(changes)
     row = ChatMessage.objects.filter(session_id=sid, sequence=sequence).first()
     if row is None:
         raise LookupError(f"session {sid} has no message {sequence}")

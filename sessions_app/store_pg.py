@@ -27,7 +27,7 @@ from django.conf import settings
 from django.db import DatabaseError, connection
 from django.utils import timezone
 
-from sessions_app import limits, session_cache, store
+from sessions_app import limits, store
 from sessions_app.errors import SessionNotFound
 from sessions_app.schemas import ChatMessageData, Usage
 
@@ -119,18 +119,14 @@ def message_complete(
     raises: ``ValueError`` for a change it refuses (before anything is written),
     ``SessionNotFound``, ``LookupError`` (no such message) and ``StoreWriteError``.
     """
-    unknown = set(changes) - set(store.MESSAGE_UPDATABLE)
-    if unknown:
-        raise ValueError(f"message fields not updatable: {', '.join(sorted(unknown))}")
+    store._check_updatable(changes)
     # The changed fields as the message would hold them (a ValidationError is a ValueError).
     checked = ChatMessageData.model_validate({"role": "user", **changes})
     payload = json.dumps(checked.model_dump(mode="json", include=set(changes)))
     now = timezone.now()
     # Dropped before the write, as on the ORM path: a reader that misses the entry now
     # back-fills the old row, and the write after the commit overwrites that.
-    store._best_effort(
-        "delete", session_id, lambda: session_cache.message_forget(session_id, sequence)
-    )
+    store._forget_message(session_id, sequence)
     try:
         with connection.cursor() as cursor:
             cursor.execute(

@@ -556,31 +556,35 @@ async def test_timeout_error(local_model_url: str) -> None:
     assert await complete_text(local_model_url, "/echo still here") == "still here"
 
 
-async def test_drop_breaks_the_stream(local_model_url: str) -> None:
-    stream = await client(local_model_url).chat.completions.create(
-        model=MODEL_ID, messages=[user("/error drop 4")], stream=True
+async def streamed_until_raised(
+    url: str, command: str, error: type[openai.APIError]
+) -> tuple[str, openai.APIError]:
+    """The text a streamed reply to ``command`` delivered before the SDK raised ``error``."""
+    stream = await client(url).chat.completions.create(
+        model=MODEL_ID, messages=[user(command)], stream=True
     )
     received: list[str] = []
-    with pytest.raises(openai.APIConnectionError) as caught:
+    with pytest.raises(error) as caught:
         async for chunk in stream:
             received.append(chunk.choices[0].delta.content or "")
-    assert "".join(received) == make_words(4)
-    assert isinstance(caught.value.__cause__, httpx2.RemoteProtocolError)
+    return "".join(received), caught.value
+
+
+async def test_drop_breaks_the_stream(local_model_url: str) -> None:
+    text, raised = await streamed_until_raised(
+        local_model_url, "/error drop 4", openai.APIConnectionError
+    )
+    assert text == make_words(4)
+    assert isinstance(raised.__cause__, httpx2.RemoteProtocolError)
     with pytest.raises(openai.APIConnectionError):
         await complete_text(local_model_url, "/error drop")
 
 
 async def test_an_error_event_ends_the_stream_as_openais_do(local_model_url: str) -> None:
-    stream = await client(local_model_url).chat.completions.create(
-        model=MODEL_ID, messages=[user("/error stream 3")], stream=True
-    )
-    received: list[str] = []
-    with pytest.raises(openai.APIError) as caught:
-        async for chunk in stream:
-            received.append(chunk.choices[0].delta.content or "")
-    assert "".join(received) == make_words(3)
-    assert type(caught.value) is openai.APIError  # not a connection or an HTTP status error
-    assert "scripted by /error stream" in caught.value.message
+    text, raised = await streamed_until_raised(local_model_url, "/error stream 3", openai.APIError)
+    assert text == make_words(3)
+    assert type(raised) is openai.APIError  # not a connection or an HTTP status error
+    assert "scripted by /error stream" in raised.message
     with pytest.raises(openai.InternalServerError):  # no stream to break into: a 500
         await complete_text(local_model_url, "/error stream")
     assert await complete_text(local_model_url, "/echo still here") == "still here"

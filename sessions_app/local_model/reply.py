@@ -107,10 +107,7 @@ class Reply:
     async def _stream(self, plan: TextPlan | ToolCallsPlan) -> None:
         await self._start_stream()
         if isinstance(plan, TextPlan):
-            await self._chunk(Delta(role="assistant", content=""))
-            for piece in split_text(plan.text):
-                await self._pause()
-                await self._chunk(Delta(content=piece))
+            await self._text_chunks(plan.text)
             await self._chunk(Delta(), finish="stop")
         else:
             for index, call in enumerate(plan.calls):
@@ -143,10 +140,7 @@ class Reply:
         """Send part of a reply, then break the connection so the client sees a broken body."""
         if self.request.stream:
             await self._start_stream()
-            await self._chunk(Delta(role="assistant", content=""))
-            for piece in split_text(plan.text):
-                await self._pause()
-                await self._chunk(Delta(content=piece))
+            await self._text_chunks(plan.text)
         else:
             await self.send({"type": "http.response.start", "status": 200, "headers": JSON_HEADERS})
             partial = f'{{"id":"{self.id}","object":"chat.completion","choices":['
@@ -163,12 +157,16 @@ class Reply:
         """Stream a few words, then an error event as OpenAI's servers send one in a
         stream (``data: {"error": {...}}``), then end the stream without a finish."""
         await self._start_stream()
-        await self._chunk(Delta(role="assistant", content=""))
-        for piece in split_text(plan.text):
-            await self._pause()
-            await self._chunk(Delta(content=piece))
+        await self._text_chunks(plan.text)
         error = {"error": {"message": plan.message, "type": plan.error_type, "code": None}}
         await self._event(json.dumps(error).encode(), more_body=False)
+
+    async def _text_chunks(self, text: str) -> None:
+        """The role chunk, then ``text`` piece by piece at the reply's pace."""
+        await self._chunk(Delta(role="assistant", content=""))
+        for piece in split_text(text):
+            await self._pause()
+            await self._chunk(Delta(content=piece))
 
     async def _start_stream(self) -> None:
         headers = [*SSE_HEADERS, (b"x-request-id", self.id.encode())]
