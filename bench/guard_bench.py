@@ -40,11 +40,11 @@ from django.conf import settings  # noqa: E402
 from django.test.utils import override_settings  # noqa: E402
 
 from sessions_app import limits  # noqa: E402
-from sessions_app.context_window import context_budget, fit_messages  # noqa: E402
 from sessions_app.errors import Refused  # noqa: E402
-from sessions_app.protocol import frame_parse  # noqa: E402
-from sessions_app.token_counting import counter_for  # noqa: E402
+from sessions_app.model.context_window import context_budget, fit_messages  # noqa: E402
+from sessions_app.model.tokens import counter_for  # noqa: E402
 from sessions_app.tools.registry import tools_openai_schemas  # noqa: E402
+from sessions_app.transport.client_frames import frame_parse  # noqa: E402
 
 SEND = json.dumps({"type": "send", "content": "hello " * 40, "client_message_id": "c-1"})
 BAD = json.dumps({"type": "send", "content": 5, "client_message_id": "c-1", "x": 1})
@@ -122,7 +122,7 @@ async def rate_rows(calls: int, rounds: int) -> list[tuple[str, float]]:
 
 
 async def _delete_keys() -> None:
-    from sessions_app.redis_clients import redis_client
+    from sessions_app.infra.redis_clients import redis_client
 
     client = redis_client(settings.REDIS_URL)
     async for key in client.scan_iter(f"{settings.CHAT_CACHE_PREFIX}:*"):

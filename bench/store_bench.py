@@ -254,7 +254,7 @@ def cache_spy() -> Iterator[CacheTraffic]:
     # django-redis: the store's writes after a commit (the generation's incr and the
     # messages' set) go on one pipeline past the backend (session_cache.messages_written);
     # counted here as the two calls they are.
-    from sessions_app import session_cache
+    from sessions_app.store import cache as session_cache
 
     written = session_cache.messages_written
 

@@ -24,7 +24,7 @@ from channels.security.websocket import AllowedHostsOriginValidator  # noqa: E40
 from django.conf import settings  # noqa: E402
 
 from chatproject.routing import websocket_urlpatterns  # noqa: E402
-from sessions_app import runtime  # noqa: E402
+from sessions_app import process  # noqa: E402
 from sessions_app.local_model import LocalModelApp, LocalModelConfig  # noqa: E402
 
 ASGIApp = Callable[[Any, Any, Any], Awaitable[None]]
@@ -68,7 +68,7 @@ class StartBackgroundWork:
         self.app = app
 
     async def __call__(self, scope: Any, receive: Any, send: Any) -> None:
-        runtime.ensure_started()
+        process.ensure_started()
         await self.app(scope, receive, send)
 
 

@@ -6,7 +6,7 @@ from typing import Any
 
 from django.urls import path
 
-from sessions_app.consumers import ChatConsumer
+from sessions_app.transport.consumers import ChatConsumer
 
 # django-stubs types path() for views only; channels' URLRouter takes ASGI apps.
 websocket_urlpatterns: list[Any] = [

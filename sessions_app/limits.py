@@ -33,9 +33,9 @@ from limits.aio.storage import MemoryStorage, RedisStorage, Storage
 from limits.aio.strategies import MovingWindowRateLimiter
 
 from sessions_app.errors import LimitExceeded
-from sessions_app.loop_local import LoopLocal
-from sessions_app.redis_clients import redis_client
-from sessions_app.script_batches import ScriptBatches
+from sessions_app.infra.loop_local import LoopLocal
+from sessions_app.infra.lua_batches import ScriptBatches
+from sessions_app.infra.redis_clients import redis_client
 
 logger = logging.getLogger(__name__)
 
@@ -55,7 +55,7 @@ def _limiter(*, shared: bool) -> MovingWindowRateLimiter:
     if limiter is None:
         storage: Storage
         if shared and settings.REDIS_URL:
-            # The loop's own pool (sessions_app.redis_clients): its timeouts, and callers
+            # The loop's own pool (sessions_app.infra.redis_clients): its timeouts, and callers
             # wait for a connection when all are busy. The storage's default pool raised
             # MaxConnectionsError instead (500 sessions sending at once, the stream bench).
             storage = RedisStorage(

@@ -36,7 +36,7 @@ class ChatSession(models.Model):
     turn_id = models.UUIDField(null=True, blank=True)
     turn_owner = models.CharField(max_length=128, blank=True, default="")
     turn_heartbeat_at = models.DateTimeField(null=True, blank=True)
-    # The context window (sessions_app/context_window.py): a model-written summary of the
+    # The context window (sessions_app/model/context_window.py): a model-written summary of the
     # oldest messages, those with sequence <= context_summary_through, which no longer fit.
     context_summary = models.TextField(blank=True, default="")
     context_summary_through = models.PositiveIntegerField(null=True, blank=True)

@@ -14,7 +14,8 @@ from channels.testing import WebsocketCommunicator
 from django.db import connections
 
 from chatproject.routing import websocket_urlpatterns
-from sessions_app import llm, runtime, store, turns
+from sessions_app import process, store, turns
+from sessions_app.model import client as llm
 from sessions_app.models import ChatMessage
 from tests.conftest import OWNER_PASSWORD
 from tests.servers import session_cookie
@@ -42,11 +43,9 @@ def cookie(owner: Any) -> str:
 async def chat_runtime(chat_runtime_settings: None) -> AsyncIterator[None]:
     """The local model, fast checkpoints, and no turn or background task left behind."""
     yield
-    for session_id in list(turns._running):
-        turns.turn_cancel(session_id)
-        await turns.turn_wait(session_id)
+    await turns.turns_interrupt_all()
     await turns.background_wait()
-    await runtime.stop()
+    await process.stop()
     # The model client's connections belong to this loop too (aiohttp logs an ERROR for a
     # session left open).
     await llm.clients_close()

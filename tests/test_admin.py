@@ -16,10 +16,11 @@ from django.test.utils import CaptureQueriesContext
 from django.urls import reverse
 from django.utils import timezone
 
-from sessions_app import session_cache, store
+from sessions_app import store
 from sessions_app.admin import ChatSessionAdmin
 from sessions_app.models import ChatMessage, ChatSession, Operation
 from sessions_app.schemas import ChatMessageData, Usage
+from sessions_app.store import cache as session_cache
 
 pytestmark = pytest.mark.django_db
 

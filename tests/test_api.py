@@ -1,4 +1,4 @@
-"""sessions_app.api: the JSON session API, its ownership rules and its errors."""
+"""sessions_app.transport.api: the JSON session API, its ownership rules and its errors."""
 
 from __future__ import annotations
 

@@ -1,4 +1,4 @@
-"""sessions_app.consumers with WebsocketCommunicator, against the local model over real HTTP."""
+"""sessions_app.transport.consumers with WebsocketCommunicator, against the local model."""
 
 from __future__ import annotations
 
@@ -174,9 +174,9 @@ async def test_a_cancel_landing_while_a_delta_is_published_keeps_that_delta(
     owner: Any, session_id: uuid.UUID, monkeypatch: pytest.MonkeyPatch
 ) -> None:
     """The 5th text_delta is in the log when the cancel lands: it is in the stored answer."""
-    from sessions_app import turn_steps
+    from sessions_app.turns import runner as turn_runner
 
-    real_publish = turn_steps.events.event_publish
+    real_publish = turn_runner.events.event_publish
     deltas = {"n": 0}
 
     async def cancel_in_flight(sid: uuid.UUID, event_type: str, **fields: Any) -> Any:
@@ -188,7 +188,7 @@ async def test_a_cancel_landing_while_a_delta_is_published_keeps_that_delta(
                 await asyncio.sleep(0)  # the cancel arrives here, inside the publish
         return event
 
-    monkeypatch.setattr(turn_steps.events, "event_publish", cancel_in_flight)
+    monkeypatch.setattr(turn_runner.events, "event_publish", cancel_in_flight)
     socket = await open_socket(owner, session_id)
     await socket.send(send_frame("/words 40"))
     frames = await finish_turn(socket)
@@ -254,10 +254,10 @@ async def test_pieces_arriving_while_a_delta_is_on_its_way_go_out_together(
     """The first delta's publish is held until the model has sent 12 more pieces: they go
     out in one delta, and the text adds up exactly. (The first delta itself carries what
     came before it: the model call starts before the turn does, so that may be several.)"""
-    from sessions_app import turn_steps
+    from sessions_app.turns import runner as turn_runner
 
-    real_publish = turn_steps.events.event_publish
-    real_add = turn_steps.TextSender.add
+    real_publish = turn_runner.events.event_publish
+    real_add = turn_runner.TextSender.add
     pieces = {"n": 0, "wanted": 0}
     twelve_more = asyncio.Event()
 
@@ -273,8 +273,8 @@ async def test_pieces_arriving_while_a_delta_is_on_its_way_go_out_together(
             await twelve_more.wait()
         return await real_publish(sid, event_type, **fields)
 
-    monkeypatch.setattr(turn_steps.TextSender, "add", counting_add)
-    monkeypatch.setattr(turn_steps.events, "event_publish", first_delta_held)
+    monkeypatch.setattr(turn_runner.TextSender, "add", counting_add)
+    monkeypatch.setattr(turn_runner.events, "event_publish", first_delta_held)
     socket = await open_socket(owner, session_id)
     await socket.send(send_frame("/words 150"))
     frames = await finish_turn(socket)
@@ -311,10 +311,10 @@ async def test_a_slow_checkpoint_does_not_hold_the_stream(
     answer is completed after it."""
     import threading
 
-    from sessions_app import turn_steps
+    from sessions_app.turns import runner as turn_runner
 
     settings.CHAT_CHECKPOINT_SECONDS = 0.01
-    real_checkpoint = turn_steps.store.message_checkpoint
+    real_checkpoint = turn_runner.store.message_checkpoint
     stuck, release = threading.Event(), threading.Event()
 
     def slow_checkpoint(**kwargs: Any) -> Any:
@@ -323,7 +323,7 @@ async def test_a_slow_checkpoint_does_not_hold_the_stream(
             release.wait(FRAME_TIMEOUT)
         return real_checkpoint(**kwargs)
 
-    monkeypatch.setattr(turn_steps.store, "message_checkpoint", slow_checkpoint)
+    monkeypatch.setattr(turn_runner.store, "message_checkpoint", slow_checkpoint)
     socket = await open_socket(owner, session_id)
     try:
         await socket.send(send_frame("/words 60"))
@@ -413,9 +413,10 @@ async def test_a_send_refused_by_another_processs_turn_drops_its_early_model_cal
 ) -> None:
     """A turn calls the model while its lease is being taken; when the lease is held
     elsewhere, the send is refused, the call is stopped and nothing is stored."""
-    from sessions_app import leases, turn_steps
+    from sessions_app.store import leases
+    from sessions_app.turns import runner as turn_runner
 
-    real_stream = turn_steps.llm.stream_chat
+    real_stream = turn_runner.llm.stream_chat
     started, stopped = asyncio.Event(), asyncio.Event()
 
     async def watched_stream(**kwargs: Any) -> Any:
@@ -427,7 +428,7 @@ async def test_a_send_refused_by_another_processs_turn_drops_its_early_model_cal
         finally:
             stopped.set()
 
-    monkeypatch.setattr(turn_steps.llm, "stream_chat", watched_stream)
+    monkeypatch.setattr(turn_runner.llm, "stream_chat", watched_stream)
     await database_sync_to_async(leases.turn_lease_acquire)(
         session_id=session_id, turn_id=uuid.uuid4(), owner="another-process", owner_id=owner.pk
     )

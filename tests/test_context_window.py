@@ -1,4 +1,4 @@
-"""sessions_app.context_window and token_counting: counting, fitting, summaries, and real turns
+"""sessions_app.model.context_window and tokens: counting, fitting, summaries, and real turns
 against the local model."""
 
 from __future__ import annotations
@@ -22,18 +22,19 @@ import tiktoken
 from channels.db import database_sync_to_async
 from tiktoken_ext import openai_public
 
-from sessions_app import context_window, llm, store
-from sessions_app.context_window import (
+from sessions_app import store
+from sessions_app.errors import SessionNotFound
+from sessions_app.local_model import script
+from sessions_app.local_model.shapes import ChatRequest
+from sessions_app.model import client as llm
+from sessions_app.model import context_window
+from sessions_app.model.context_window import (
     SUMMARY_INTRO,
     SUMMARY_PROMPT,
     ContextTooLong,
     fit_messages,
 )
-from sessions_app.local_model import script
-from sessions_app.local_model.shapes import ChatRequest
-from sessions_app.models import ChatMessage
-from sessions_app.schemas import Usage
-from sessions_app.token_counting import (
+from sessions_app.model.tokens import (
     DATA_DIR,
     VENDORED,
     TokenCounter,
@@ -41,6 +42,8 @@ from sessions_app.token_counting import (
     encoding_name_for,
     estimate_tokens,
 )
+from sessions_app.models import ChatMessage
+from sessions_app.schemas import Usage
 from sessions_app.tools.registry import tools_openai_schemas
 from tests.chat_fixtures import Socket, db_messages, open_socket
 from tests.wsclient import send_frame
@@ -116,7 +119,7 @@ def test_a_texts_count_is_kept_and_the_kept_counts_are_bounded(
     monkeypatch: pytest.MonkeyPatch,
 ) -> None:
     """A history resent with every model call is counted once; the oldest counts go first."""
-    from sessions_app import token_counting
+    from sessions_app.model import tokens as token_counting
 
     counted: list[str] = []
 
@@ -436,7 +439,7 @@ def test_the_summary_is_stored_and_read(owner: Any) -> None:
     store.session_context_summary_set(session_id=state.id, summary="s1", through_sequence=4)
     assert store.session_context_summary(session_id=state.id) == ("s1", 4)
     assert store.session_get(session_id=state.id).messages == before.messages
-    with pytest.raises(store.SessionNotFound):
+    with pytest.raises(SessionNotFound):
         store.session_context_summary(session_id=uuid.uuid4())
 
 
@@ -611,7 +614,7 @@ async def test_a_failed_summary_does_not_fail_the_turn(
 
     monkeypatch.setattr(llm, "complete_text", failing)
     socket = await open_socket(owner, session_id)
-    with caplog.at_level(logging.WARNING, logger="sessions_app.context_window"):
+    with caplog.at_level(logging.WARNING, logger="sessions_app.model.context_window"):
         statuses = [(await chat(socket, echo(i)))[-1]["status"] for i in range(6)]
     assert statuses == ["completed"] * 6
     assert await summary_state(session_id) == ("", None)

@@ -1,4 +1,4 @@
-"""sessions_app.conversion: sessions as OpenAI chat-completion messages."""
+"""sessions_app.model.openai_messages: sessions as OpenAI chat-completion messages."""
 
 from __future__ import annotations
 
@@ -9,7 +9,7 @@ from typing import Any
 
 import pytest
 
-from sessions_app.conversion import session_to_openai_messages
+from sessions_app.model.openai_messages import session_to_openai_messages
 from sessions_app.schemas import ChatMessageData, SessionState
 
 
@@ -86,7 +86,7 @@ def test_malformed_tool_calls_are_skipped_with_warning(
     session = session_of(
         ChatMessageData(role="assistant", content="hm", tool_calls=[bad_call, good])
     )
-    with caplog.at_level(logging.WARNING, logger="sessions_app.conversion"):
+    with caplog.at_level(logging.WARNING, logger="sessions_app.model.openai_messages"):
         [message] = session_to_openai_messages(session)
     assert message["tool_calls"] == [
         {"id": "call_ok", "type": "function", "function": {"name": "calc", "arguments": '{"x": 1}'}}
@@ -131,7 +131,7 @@ def test_unsendable_messages_are_skipped_with_warning(caplog: pytest.LogCaptureF
         ChatMessageData(role="function", content="no name"),
         ChatMessageData(role="user", content=None),
     )
-    with caplog.at_level(logging.WARNING, logger="sessions_app.conversion"):
+    with caplog.at_level(logging.WARNING, logger="sessions_app.model.openai_messages"):
         converted = session_to_openai_messages(session)
     assert converted == [{"role": "assistant", "content": "a"}, {"role": "user", "content": ""}]
     assert caplog.text.count("skipping") == 3

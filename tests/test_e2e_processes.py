@@ -15,8 +15,8 @@ import redis
 from channels.db import database_sync_to_async
 from django.conf import settings
 
-from sessions_app import session_cache
 from sessions_app.models import Operation
+from sessions_app.store import cache as session_cache
 from tests.e2e import FAST_LEASES, db_view, is_final, new_session
 from tests.processes import free_port
 from tests.servers import (

@@ -1,4 +1,4 @@
-"""sessions_app.events: numbering, the replay log, and live fan-out through the layer."""
+"""sessions_app.events.log: numbering, the replay log, and live fan-out through the layer."""
 
 from __future__ import annotations
 

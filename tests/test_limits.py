@@ -105,7 +105,7 @@ async def _expire_sockets(owner_id: int) -> None:
     if not django_settings.REDIS_URL:
         limits._sockets[owner_id] = dict.fromkeys(limits._sockets[owner_id], 0.0)
         return
-    from sessions_app.redis_clients import redis_client
+    from sessions_app.infra.redis_clients import redis_client
 
     key = limits._sockets_key(owner_id)
     client = redis_client(django_settings.REDIS_URL)
@@ -269,7 +269,7 @@ async def test_many_sends_at_once_are_all_counted_on_the_loops_redis_pool(
     through for want of one."""
     if not django_settings.REDIS_URL:
         pytest.skip("needs REDIS_URL=redis://… (runs in the second pass)")
-    from sessions_app import redis_clients
+    from sessions_app.infra import redis_clients
 
     monkeypatch.setattr(redis_clients, "POOL_MAX_CONNECTIONS", 2)
     monkeypatch.setattr(redis_clients, "_clients", redis_clients.LoopLocal())

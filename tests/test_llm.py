@@ -1,4 +1,4 @@
-"""sessions_app.llm.stream_chat against a model server that streams odd but valid chunks.
+"""sessions_app.model.client.stream_chat against a model server that streams odd but valid chunks.
 
 The SDK's HTTP layer is given a mock transport (httpx2, the SDK's own HTTP library), so the
 request, the SSE decoding and the chunk handling are the real ones.
@@ -13,7 +13,7 @@ import httpx2
 import pytest
 from openai import AsyncOpenAI
 
-from sessions_app import llm
+from sessions_app.model import client as llm
 
 
 def sse(*chunks: Any) -> bytes:

@@ -1,4 +1,4 @@
-"""sessions_app.loop_local: one value per event loop, let go with its loop."""
+"""sessions_app.infra.loop_local: one value per event loop, let go with its loop."""
 
 from __future__ import annotations
 
@@ -11,8 +11,9 @@ import pytest
 from asgiref.sync import async_to_sync
 from django.conf import settings
 
-from sessions_app import llm, redis_clients
-from sessions_app.loop_local import LoopLocal
+from sessions_app.infra import redis_clients
+from sessions_app.infra.loop_local import LoopLocal
+from sessions_app.model import client as llm
 
 
 @dataclass(eq=False)

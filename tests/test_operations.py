@@ -14,7 +14,7 @@ import pytest
 from channels.db import database_sync_to_async
 from django.utils import timezone
 
-from sessions_app import operations, runtime, store
+from sessions_app import operations, process, store
 from sessions_app.models import ChatMessage, ChatSession, Operation
 from sessions_app.schemas import ChatMessageData
 from tests.chat_fixtures import db_messages, open_socket
@@ -184,7 +184,7 @@ async def _session_with_running_operation(
 async def test_stale_retry_safe_operation_runs_again(owner: Any) -> None:
     session_id, op_id = await _session_with_running_operation(owner, "timer", {"seconds": 0.2})
     socket = await open_socket(owner, session_id)
-    await runtime.sweep_once()
+    await process.sweep_once()
     frames = await socket.until_type("operation_completed")
     assert any(f["type"] == "operation_in_progress" for f in frames)
     op = await database_sync_to_async(Operation.objects.get)(pk=op_id)
@@ -196,7 +196,7 @@ async def test_stale_unsafe_operation_fails_with_a_clear_error(owner: Any) -> No
         owner, "slow_side_effect", {"seconds": 1}
     )
     socket = await open_socket(owner, session_id)
-    await runtime.sweep_once()  # the process's own sweep may have come first: either way
+    await process.sweep_once()  # the process's own sweep may have come first: either way
     failed = await until_operation(socket, op_id, "failed")
     # A snapshot may show the operation failed a moment before its message (it reads them
     # one after the other); the operation_failed event then brings the message.
@@ -216,7 +216,7 @@ async def test_stale_unsafe_operation_fails_with_a_clear_error(owner: Any) -> No
 async def test_retry_safe_operation_gives_up_after_max_attempts(owner: Any, settings: Any) -> None:
     settings.CHAT_OPERATION_MAX_ATTEMPTS = 2
     _, op_id = await _session_with_running_operation(owner, "timer", {"seconds": 0.2}, attempts=2)
-    await runtime.sweep_once()
+    await process.sweep_once()
     op = await database_sync_to_async(Operation.objects.get)(pk=op_id)
     assert op.status == "failed" and "2 times" in (op.error or "")
 
@@ -227,7 +227,7 @@ async def test_a_dead_turn_is_interrupted_and_the_session_usable_again(
     await database_sync_to_async(crash_mid_turn)(session_id, "half an ans")
     socket = await open_socket(owner, session_id)
     assert socket.frames[-1]["running"] is False  # the lease is stale: nothing runs
-    await runtime.sweep_once()  # the process's own sweep may have come first: either way
+    await process.sweep_once()  # the process's own sweep may have come first: either way
     while socket.view.messages[2]["status"] != "interrupted":
         await socket.next()
     stored = await db_messages(session_id)
@@ -263,7 +263,7 @@ async def test_an_operation_whose_task_was_lost_is_queued_again(owner: Any) -> N
         )
     )()  # fmt: skip
     socket = await open_socket(owner, session_id)
-    await runtime.sweep_once()
+    await process.sweep_once()
     done = await until_operation(socket, op_id, "succeeded")
     assert done["attempts"] == 1
 

@@ -42,8 +42,8 @@ from django.urls import URLPattern, URLResolver, get_resolver, reverse
 from chatproject.asgi import application
 from sessions_app import events, store, turns
 from sessions_app.models import ChatMessage, ChatSession, Operation, UsageRecord
-from sessions_app.protocol import CLIENT_FRAME_TYPES
 from sessions_app.schemas import ChatMessageData, Usage
+from sessions_app.transport.client_frames import CLIENT_FRAME_TYPES
 from tests.chat_fixtures import FRAME_TIMEOUT, Socket
 
 pytestmark = [

@@ -1,4 +1,4 @@
-"""sessions_app.script_batches: concurrent calls of a Lua script share round trips."""
+"""sessions_app.infra.lua_batches: concurrent calls of a Lua script share round trips."""
 
 from __future__ import annotations
 
@@ -11,8 +11,8 @@ import pytest
 import redis
 from django.conf import settings
 
-from sessions_app.redis_clients import redis_client
-from sessions_app.script_batches import ScriptBatches
+from sessions_app.infra.lua_batches import ScriptBatches
+from sessions_app.infra.redis_clients import redis_client
 
 pytestmark = pytest.mark.redis
 

@@ -1,5 +1,5 @@
-"""sessions_app.store_pg: a turn's first and a model call's last write in one PostgreSQL
-round trip each, checked outcome by outcome against what the ORM paths (turns._begin and
+"""sessions_app.store.turn_writes: a turn's first and a model call's last write in one PostgreSQL
+round trip each, checked outcome by outcome against what the ORM paths (turn_start._begin and
 store.message_complete on other databases) do."""
 
 from __future__ import annotations
@@ -15,16 +15,20 @@ from django.db import close_old_connections, connection
 from django.test.utils import CaptureQueriesContext
 from django.utils import timezone
 
-from sessions_app import leases, session_cache, store, store_pg, turns
+from sessions_app import store
 from sessions_app.errors import LimitExceeded, SessionNotFound
 from sessions_app.models import ChatMessage, ChatSession, UsageRecord
 from sessions_app.schemas import ChatMessageData, Usage
+from sessions_app.store import cache as session_cache
+from sessions_app.store import leases, turn_writes
+from sessions_app.store import messages as store_messages
+from sessions_app.turns import start as turn_start
 
 pytestmark = [pytest.mark.postgres, pytest.mark.django_db(transaction=True)]
 
 
 def begin(session_id: uuid.UUID, owner_id: int, client_id: str = "c-1", **kw: Any) -> Any:
-    return store_pg.turn_begin(
+    return turn_writes.turn_begin(
         session_id=session_id,
         owner_id=owner_id,
         turn_id=kw.pop("turn_id", uuid.uuid4()),
@@ -50,7 +54,7 @@ def session_id(owner: Any) -> uuid.UUID:
 
 
 def test_enabled_on_postgresql() -> None:
-    assert store_pg.enabled()
+    assert turn_writes.enabled()
 
 
 def test_a_turn_begins_in_one_round_trip_and_stores_what_the_orm_path_stores(
@@ -83,7 +87,7 @@ def test_json_fields_and_nulls_are_stored_as_the_orm_stores_them(
 ) -> None:
     calls = [{"id": "call-1", "type": "function", "function": {"name": "x", "arguments": "{}"}}]
     message = ChatMessageData(role="assistant", content=None, tool_calls=calls, name="n")
-    begun = store_pg.turn_begin(
+    begun = turn_writes.turn_begin(
         session_id=session_id,
         owner_id=owner.pk,
         turn_id=uuid.uuid4(),
@@ -93,7 +97,7 @@ def test_json_fields_and_nulls_are_stored_as_the_orm_stores_them(
     stored = ChatMessage.objects.get(session_id=session_id, sequence=1)
     assert (stored.content, stored.tool_calls, stored.function_call) == (None, calls, None)
     assert ChatMessage.objects.filter(session_id=session_id, function_call__isnull=True).count()
-    assert store._message_from_row(stored) == begun.messages[0]
+    assert store_messages._message_from_row(stored) == begun.messages[0]
 
 
 def test_a_retried_send_changes_nothing(owner: Any, session_id: uuid.UUID) -> None:
@@ -172,15 +176,15 @@ def test_sends_racing_from_many_threads_start_one_turn_and_store_each_message_on
 def test_turn_begin_in_turns_uses_it_and_reads_a_duplicate_back(
     owner: Any, session_id: uuid.UUID
 ) -> None:
-    turn = turns._Turn(session_id=session_id, owner_id=owner.pk, turn_id=uuid.uuid4())
+    turn = turn_start._Turn(session_id=session_id, owner_id=owner.pk, turn_id=uuid.uuid4())
     message = ChatMessageData(role="user", content="hi", client_message_id="c-9")
     with CaptureQueriesContext(connection) as queries:
-        begun = turns._begin(turn, message, None)
+        begun = turn_start._begin(turn, message, None)
     assert len(queries) == 1
     assert isinstance(begun, store.AppendedOnce) and begun.created
     leases.turn_lease_release(session_id=session_id, turn_id=turn.turn_id)
     cache.clear()
-    again = turns._begin(turn, message, None)
+    again = turn_start._begin(turn, message, None)
     assert isinstance(again, store.AppendedOnce) and not again.created
     assert again.message == begun.message
 
@@ -214,7 +218,7 @@ def test_a_reply_completes_in_one_round_trip_with_its_usage(
     assert len(queries) == 1
     assert totals == Usage(prompt_tokens=15, completion_tokens=4)
     stored = ChatMessage.objects.get(session_id=session_id, sequence=reply.sequence)
-    assert store._message_from_row(stored) == updated
+    assert store_messages._message_from_row(stored) == updated
     assert (updated.content, updated.tool_calls, updated.status) == (None, calls, "complete")
     assert (updated.role, updated.created_at) == ("assistant", reply.created_at)
     row = ChatSession.objects.get(pk=session_id)

@@ -371,7 +371,10 @@ CALCULATOR = "sessions_app.tools.builtin.calculator.Calculator"
         (["no_such_module.Tool"], "no_such_module.Tool"),
         (["sessions_app.tools.builtin.calculator.Nope"], "calculator.Nope"),
         (["notadottedpath"], "notadottedpath"),
-        (["sessions_app.store.messages_search"], "sessions_app.store.messages_search"),
+        (
+            ["sessions_app.store.messages.messages_search"],
+            "sessions_app.store.messages.messages_search",
+        ),
         (["builtins.dict"], "builtins.dict"),
         (["sessions_app.tools.base.BaseTool"], "sessions_app.tools.base.BaseTool"),
         (["tests.test_tools.Abstract"], "tests.test_tools.Abstract"),
@@ -871,7 +874,7 @@ async def test_draft_document_model_failure_is_a_tool_failure() -> None:
 
 async def test_draft_document_against_the_local_model(settings: Any, local_model_url: str) -> None:
     """The real path: the section prompts reach the local scripted model over HTTP."""
-    from sessions_app import llm
+    from sessions_app.model import client as llm
 
     settings.CHAT_MODEL_BASE_URL = local_model_url
 

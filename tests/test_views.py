@@ -1,4 +1,4 @@
-"""sessions_app.views: the chat UI's server-rendered pages, their ownership rules and CSRF."""
+"""sessions_app.transport.views: the chat UI's pages, their ownership rules and CSRF."""
 
 from __future__ import annotations
 

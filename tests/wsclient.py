@@ -13,7 +13,7 @@ from collections.abc import Callable
 from dataclasses import dataclass, field
 from typing import Any
 
-from sessions_app.snapshots import apply_text_delta
+from sessions_app.transport.feed import apply_text_delta
 
 
 @dataclass

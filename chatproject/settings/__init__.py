@@ -122,7 +122,7 @@ DATABASES: dict[str, dict[str, Any]] = {
         pool_max_size=_POOL_MAX_SIZE,
     ),
 }
-# Threads that run the database calls of async code (sessions_app/db.py). One by default:
+# Threads that run the database calls of async code (sessions_app/infra/db.py). One by default:
 # on the measured machine (PostgreSQL on the same host) more threads shortened the queue of
 # database calls but slowed the event loop as much (GIL); with a remote database, whose
 # round trips a single thread waits through one by one, more can pay. SQLite: always one.
@@ -192,7 +192,7 @@ AUTH_PASSWORD_VALIDATORS = [
 ]
 LOGIN_URL = "login"
 # API clients get a JSON 403 instead of an HTML page.
-CSRF_FAILURE_VIEW = "sessions_app.api.csrf_failure"
+CSRF_FAILURE_VIEW = "sessions_app.transport.api.csrf_failure"
 LOGIN_REDIRECT_URL = "home"
 LOGOUT_REDIRECT_URL = "login"
 
@@ -225,7 +225,7 @@ CHAT_SESSIONS_PAGE_SIZE = env_int("CHAT_SESSIONS_PAGE_SIZE", default=20, minimum
 CHAT_SESSIONS_MAX_PAGE_SIZE = 100
 CHAT_TITLE_MAX_LENGTH = 200
 
-# --- The chat model (sessions_app/llm.py) -------------------------------------------------
+# --- The chat model (sessions_app/model/client.py) ---------------------------------------
 # Without OPENAI_BASE_URL the project's own local scripted model answers (docs/local-model.md):
 # mounted at /local-model/ of this server, so LOCAL_MODEL_URL names this server's address.
 OPENAI_BASE_URL = env_str("OPENAI_BASE_URL", default="")
@@ -246,7 +246,7 @@ CHAT_SYSTEM_PROMPT = env_str(
     default="You are a helpful assistant. Use the tools you are given when they help.",
 )
 
-# --- Turns and the websocket protocol (sessions_app/turns.py, consumers.py) --------------
+# --- Turns and the websocket protocol (sessions_app/turns/start.py, consumers.py) --------------
 # Model calls per turn: a turn stops with `step_limit` when the model keeps calling tools.
 CHAT_TURN_MAX_STEPS = env_int("CHAT_TURN_MAX_STEPS", default=8, minimum=1)
 # Partial assistant text is written to the database at least this often while it streams.
@@ -307,7 +307,7 @@ CHAT_TOOLS: list[str] = [
 CHAT_TOOL_RESULT_MAX_CHARS = env_int("CHAT_TOOL_RESULT_MAX_CHARS", default=20_000, minimum=1000)
 # --- end of tools ---------------------------------------------------------------------
 
-# --- Context window (sessions_app/context_window.py) ---------------------------------------
+# --- Context window (sessions_app/model/context_window.py) ---------------------------------------
 # Tokens one model call may be sent, everything counted (system prompt, history, tool schemas),
 # plus the tokens kept free for the answer. The oldest turns are left out of the model's view
 # (never deleted) to stay within CHAT_CONTEXT_MAX_TOKENS - CHAT_CONTEXT_REPLY_TOKENS.
@@ -325,7 +325,7 @@ CHAT_CONTEXT_SUMMARY_MIN_MESSAGES = env_int(
     "CHAT_CONTEXT_SUMMARY_MIN_MESSAGES", default=8, minimum=1
 )
 
-# --- Long-running operations and leases (sessions_app/operations.py, worker.py) -----------
+# --- Long-running operations and leases (sessions_app/operations/service.py, worker.py) -----------
 # Operations run through django.tasks on the database queue of django-tasks-db.
 TASKS = {"default": {"BACKEND": "django_tasks_db.DatabaseBackend", "QUEUES": ["default"]}}
 # "in-process": every server process also runs queued operations (the embedded default: no

@@ -57,10 +57,10 @@ _STOPWORDS_TEXT = (
 )
 STOPWORDS = frozenset(_STOPWORDS_TEXT.split())
 
-# The notice the app sends when a long-running tool finished (sessions_app.operations).
+# The notice the app sends when a long-running tool finished (sessions_app.operations.service).
 OPERATION_FINISHED = "Background operation finished:"
 # The context window's summary request starts its system message with this
-# (sessions_app.context_window.SUMMARY_PROMPT).
+# (sessions_app.model.context_window.SUMMARY_PROMPT).
 SUMMARY_REQUEST = "Conversation summary request."
 SUMMARY_LINE_WORDS = 3
 CALL_ID = re.compile(r"tool call (\S+?)[.,;]?(?:\s|$)")

@@ -8,15 +8,16 @@ API's body validation (docs/reliability.md#fuzzing).
 Every input is tried as a frame against ``tests/fuzz/oracle.py`` (``check_frame``: only
 ``Refused`` with the code the protocol prescribes, or a valid frame that round-trips) at two
 size limits; with ``--target=api-body``, as a request body of each JSON endpoint through
-``sessions_app.api._body`` (only ``ApiInputError`` may come out). Any other exception is a
+``sessions_app.transport.api._body`` (only ``ApiInputError`` may come out). Any other exception is a
 crash: libFuzzer stops, prints the traceback and writes the input to ``crash-<sha1>`` (see
 ``-artifact_prefix=``). Replay one with ``python tests/fuzz/atheris_frames.py crash-…``.
 ``--allow-known-bugs`` lets the API bugs already pinned in ``tests/fuzz/test_fuzz_api.py``
 (KNOWN BUGS) through, reporting the first hit of each on stderr, so a bounded run can pass
 until they are fixed.
 
-``sessions_app.protocol`` and ``sessions_app.api`` are instrumented for coverage (pydantic's
-core is compiled; the JSON decoder is C). The corpus starts from ``tests/fuzz/corpus/<target>``
+``sessions_app.transport.client_frames`` and ``sessions_app.transport.api`` are instrumented
+for coverage (pydantic's core is compiled; the JSON decoder is C). The corpus starts from
+``tests/fuzz/corpus/<target>``
 plus frames generated here, copied to a temporary directory unless a directory is given, so a
 run never writes into the repository. Defaults unless given: ``-dict=tests/fuzz/corpus/json.dict``
 and ``-max_len=16384``.
@@ -40,15 +41,15 @@ os.environ.setdefault("DJANGO_SETTINGS_MODULE", "chatproject.settings")
 import atheris  # noqa: E402
 
 # protocol needs no Django: import it instrumented before django.setup() imports the app.
-with atheris.instrument_imports(include=["sessions_app.protocol"]):
-    from sessions_app import protocol  # noqa: F401
+with atheris.instrument_imports(include=["sessions_app.transport.client_frames"]):
+    from sessions_app.transport import client_frames  # noqa: F401
 
 import django  # noqa: E402
 
 django.setup()
 
-with atheris.instrument_imports(include=["sessions_app.api"]):
-    from sessions_app import api
+with atheris.instrument_imports(include=["sessions_app.transport.api"]):
+    from sessions_app.transport import api
 
 from sessions_app.schemas import MessageSendIn, SessionCreateIn, SessionRenameIn  # noqa: E402
 from tests.fuzz.oracle import check_frame  # noqa: E402

@@ -44,7 +44,7 @@ pytestmark = [
 
 MESSAGE_MAX_CHARS = 50
 UPLOAD_MAX = 4096
-# Every code a refused request may carry (sessions_app/api.py).
+# Every code a refused request may carry (sessions_app/transport/api.py).
 INPUT_CODES = frozenset(
     {
         "invalid_json",

@@ -9,7 +9,7 @@ from __future__ import annotations
 from pydantic import BaseModel, ConfigDict, Field
 
 from sessions_app import store
-from sessions_app.db import db_sync_to_async
+from sessions_app.infra.db import db_sync_to_async
 from sessions_app.schemas import MessageSearchHit
 from sessions_app.tools.base import BaseTool, ToolContext
 

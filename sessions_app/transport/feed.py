@@ -12,11 +12,12 @@ from __future__ import annotations
 import uuid
 from typing import Any
 
-from sessions_app import events, leases, operations, store
-from sessions_app.db import db_sync_to_async
-from sessions_app.llm import model_info
+from sessions_app import events, operations, store
+from sessions_app.infra.db import db_sync_to_async
+from sessions_app.model.client import model_info
 from sessions_app.schemas import ChatMessageData
-from sessions_app.turn_steps import message_out
+from sessions_app.store import leases
+from sessions_app.turns.runner import message_out
 
 
 def apply_text_delta(content: str, offset: int, text: str) -> str | None:

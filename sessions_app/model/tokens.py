@@ -1,4 +1,4 @@
-"""Token counting for the context window (``sessions_app.context_window``).
+"""Token counting for the context window (``sessions_app.model.context_window``).
 
 ``tiktoken`` counts when ``CHAT_MODEL`` names an OpenAI model whose encoding ships in
 ``tokenizer_data/`` (cl100k_base, o200k_base, gzipped, with tiktoken's MIT licence: tiktoken

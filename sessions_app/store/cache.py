@@ -13,7 +13,7 @@ the generation, so a stale entry is never served, whatever order processes run i
 Messages are written by their writer after commit (``set``) and back-filled by readers only
 where absent (``add``), so a reader never overwrites a newer version with an older one.
 
-Every function here may raise; ``sessions_app.store`` decides what a failure means.
+Every function here may raise; ``sessions_app.store.messages`` decides what a failure means.
 """
 
 from __future__ import annotations

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 from redis import asyncio as aioredis
 
-from sessions_app.loop_local import LoopLocal
+from sessions_app.infra.loop_local import LoopLocal
 
 # Connections a loop's client opens to one Redis at most. More callers than this wait (up
 # to POOL_WAIT_SECONDS) for one to come back: redis-py's default pool raised

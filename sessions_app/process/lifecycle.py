@@ -7,7 +7,7 @@ ASGI lifespan) and starts, on that event loop (the *home loop*):
   process stopped renewing its lease are recovered (``turns.turns_sweep``,
   ``operations.operations_sweep``);
 - with ``CHAT_TASK_WORKER=in-process`` (the embedded default), the worker that runs queued
-  operations in this process (``sessions_app.worker``);
+  operations in this process (``sessions_app.operations.worker``);
 - a SIGTERM handler: the process stops taking turns, interrupts its running turns (their
   text is kept), hands its operations back (re-queued when retry-safe, failed otherwise),
   releases its leases, and only then lets the server stop. So a rolling deploy loses nothing.
@@ -72,7 +72,7 @@ def ensure_started() -> None:
     _wake = asyncio.Event()
     _spawn(_sweeper(), "crash sweep")
     if settings.CHAT_TASK_WORKER == "in-process":
-        from sessions_app.worker import worker_loop
+        from sessions_app.operations.worker import worker_loop
 
         _spawn(worker_loop(_wake), "in-process worker")
     if settings.CHAT_HANDLE_SIGTERM and threading.current_thread() is threading.main_thread():
@@ -158,7 +158,8 @@ async def drain() -> None:
     """Stop taking turns and hand back every turn and operation this process runs."""
     global _draining
     _draining = True
-    from sessions_app import llm, operations, turns
+    from sessions_app import operations, turns
+    from sessions_app.model import client as llm
 
     await turns.turns_interrupt_all()
     owner = process_id()
@@ -184,7 +185,7 @@ async def drain() -> None:
 
 
 def _db(fn: Callable[..., Any]) -> Callable[..., Any]:
-    from sessions_app.db import db_sync_to_async
+    from sessions_app.infra.db import db_sync_to_async
 
     return db_sync_to_async(fn)
 

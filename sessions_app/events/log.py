@@ -40,10 +40,10 @@ from django.conf import settings
 from django.core.signals import setting_changed
 from redis import asyncio as aioredis
 
-from sessions_app import runtime, store
-from sessions_app.db import db_sync_to_async
-from sessions_app.redis_clients import redis_client
-from sessions_app.script_batches import ScriptBatches
+from sessions_app import process, store
+from sessions_app.infra.db import db_sync_to_async
+from sessions_app.infra.lua_batches import ScriptBatches
+from sessions_app.infra.redis_clients import redis_client
 
 logger = logging.getLogger(__name__)
 
@@ -326,7 +326,7 @@ def event_publish_sync(session_id: uuid.UUID, event_type: str, **fields: Any) ->
     own in a helper thread, so no database connection of the caller's thread is touched.
     """
     coro = event_publish(session_id, event_type, **fields)
-    home = runtime.home_loop()
+    home = process.home_loop()
     if home is not None and home.is_running():
         return asyncio.run_coroutine_threadsafe(coro, home).result(timeout=30)
     with concurrent.futures.ThreadPoolExecutor(max_workers=1) as pool:

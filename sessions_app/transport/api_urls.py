@@ -2,7 +2,7 @@ from __future__ import annotations
 
 from django.urls import path, re_path
 
-from sessions_app import api
+from sessions_app.transport import api
 
 urlpatterns = [
     path("sessions/", api.sessions_collection, name="api-sessions"),

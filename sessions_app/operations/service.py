@@ -4,9 +4,9 @@ When the model calls a tool with ``is_long_running``, the turn saves a pending t
 and an ``Operation`` (``operation_create``), publishes ``operation_started`` and goes on. The
 work is a ``django.tasks`` task (``run_operation``) on the database queue of django-tasks-db,
 run by whichever worker claims it: the server process itself in the embedded default
-(``sessions_app.worker``), or ``manage.py db_worker`` processes in production. When it ends,
-the tool message gets the result or the error, the cache is invalidated (by the store), the
-outcome is broadcast, and a follow-up turn gives the model the result.
+(``sessions_app.operations.worker``), or ``manage.py db_worker`` processes in production.
+When it ends, the tool message gets the result or the error, the cache is invalidated (by
+the store), the outcome is broadcast, and a follow-up turn gives the model the result.
 
 While it runs, the worker holds the operation's lease (``lease_owner`` + ``heartbeat_at``).
 The sweep (``operations_sweep``) finds operations whose worker stopped renewing it: a
@@ -33,8 +33,9 @@ from django.db.models import Q
 from django.tasks import task
 from django.utils import timezone
 
-from sessions_app import events, limits, llm, runtime, store
-from sessions_app.db import db_sync_to_async
+from sessions_app import events, limits, process, store
+from sessions_app.infra.db import db_sync_to_async
+from sessions_app.model import client as llm
 from sessions_app.models import ChatSession, Operation
 from sessions_app.schemas import ChatMessageData
 from sessions_app.tools.base import ToolContext
@@ -172,7 +173,7 @@ def operation_create(
 def operation_dispatch(*, operation_id: uuid.UUID) -> None:
     """Queue the operation's task (after the operation row committed)."""
     run_operation.enqueue(operation_id=str(operation_id))
-    runtime.worker_wake()
+    process.worker_wake()
 
 
 def operation_get(*, operation_id: uuid.UUID) -> Operation | None:
@@ -393,7 +394,7 @@ def operation_recover(*, operation_id: uuid.UUID) -> tuple[str, Operation | None
 
 
 def _outcome(op: Operation, message: ChatMessageData | None) -> tuple[str, dict[str, Any]]:
-    from sessions_app.turn_steps import message_out
+    from sessions_app.turns.runner import message_out
 
     kind = "operation_completed" if op.status == Operation.Status.SUCCEEDED else "operation_failed"
     fields = {
@@ -465,7 +466,7 @@ async def publish_recovery(action: str, op: Operation, message: ChatMessageData 
 @task()
 async def run_operation(operation_id: str) -> str:
     """Run one operation to its end. Safe to deliver twice: ``operation_claim`` decides."""
-    owner = runtime.process_id()
+    owner = process.process_id()
     try:
         op = await db_sync_to_async(operation_claim)(
             operation_id=uuid.UUID(operation_id), owner=owner
@@ -478,7 +479,7 @@ async def run_operation(operation_id: str) -> str:
         runner = _OperationRun(op, owner)
         return await runner.run()
     finally:
-        if runtime.home_loop() is not asyncio.get_running_loop():
+        if process.home_loop() is not asyncio.get_running_loop():
             await llm.clients_close()  # a worker's loop of its own, ending with this task
 
 
@@ -520,7 +521,7 @@ class _OperationRun:
         await events.event_publish(self.op.session_id, "operation_in_progress", operation=payload)
 
     async def complete(self, messages: list[dict[str, Any]]) -> str:
-        from sessions_app import llm
+        from sessions_app.model import client as llm
 
         text, usage = await llm.complete_text(messages=messages)
         if usage is not None:
@@ -542,7 +543,7 @@ class _OperationRun:
         work = asyncio.ensure_future(
             tool_execute(name=op.tool_name, raw_arguments=json.dumps(op.arguments), context=context)
         )
-        runtime.operation_started(op.id, work)
+        process.operation_started(op.id, work)
         beat = asyncio.ensure_future(self.heartbeat(work))
         try:
             outcome = await work
@@ -554,7 +555,7 @@ class _OperationRun:
             beat.cancel()
             with contextlib.suppress(asyncio.CancelledError):
                 await beat
-            runtime.operation_finished(op.id)
+            process.operation_finished(op.id)
         finished = await db_sync_to_async(operation_complete)(
             operation_id=op.id, owner=self.owner, ok=outcome.ok, content=outcome.content
         )
@@ -571,7 +572,7 @@ def operation_follow_up(op: Operation) -> None:
     follow-up turn, as background work of this process. Where there is none (a management
     command), the model reads the outcome in the history of the user's next message."""
     name = f"follow-up of operation {op.id}"
-    if not runtime.background(lambda: _continue_conversation(op), name):
+    if not process.background(lambda: _continue_conversation(op), name):
         logger.info("no follow-up turn for operation %s: no background work here", op.id)
 
 

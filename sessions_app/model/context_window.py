@@ -15,7 +15,7 @@ model call. With ``CHAT_CONTEXT_SUMMARY`` on, what was left out is summarised by
 the summary, stored on the session with the sequence it covers, is sent after the system
 prompt (``docs/architecture.md#context-window``).
 
-Tokens are counted by ``sessions_app.token_counting``: ``tiktoken`` for OpenAI models, an
+Tokens are counted by ``sessions_app.model.tokens``: ``tiktoken`` for OpenAI models, an
 estimate for others.
 """
 
@@ -31,12 +31,13 @@ from typing import Any, NamedTuple
 
 from django.conf import settings
 
-from sessions_app import llm, store
-from sessions_app.conversion import message_to_openai
-from sessions_app.db import db_sync_to_async
+from sessions_app import store
 from sessions_app.errors import SessionNotFound
+from sessions_app.infra.db import db_sync_to_async
+from sessions_app.model import client as llm
+from sessions_app.model.openai_messages import message_to_openai
+from sessions_app.model.tokens import TOKENS_PER_MESSAGE, TokenCounter, counter_for
 from sessions_app.schemas import SessionState, Usage
-from sessions_app.token_counting import TOKENS_PER_MESSAGE, TokenCounter, counter_for
 
 logger = logging.getLogger(__name__)
 

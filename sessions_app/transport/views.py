@@ -29,8 +29,8 @@ from django.views.decorators.http import require_GET, require_http_methods, requ
 from sessions_app import store
 from sessions_app.errors import LimitExceeded, SessionNotFound, StoreWriteError
 from sessions_app.schemas import PAGE_MAX
-from sessions_app.snapshots import snapshot_build
 from sessions_app.tools.registry import tools_all
+from sessions_app.transport.feed import snapshot_build
 
 # Defence in depth for model output: no inline script, no third-party origin, no plugins.
 # (The websocket is same-origin: CSP 3 lets 'self' match ws:/wss: of the page's host.)

@@ -1,6 +1,6 @@
 """One Lua script's calls from one event loop, sent to Redis in batches.
 
-The event log runs its append script once per event (``sessions_app.events``). Each call on
+The event log runs its append script once per event (``sessions_app.events.log``). Each call on
 a connection of its own holds that connection until the loop comes back to read the
 answer; under load (500 sessions streaming) the loop came back seconds later, the loop's
 pool of connections ran dry, and appends failed after waiting for one: events were lost
@@ -18,8 +18,8 @@ from typing import Any
 
 from redis.exceptions import NoScriptError
 
-from sessions_app.loop_local import LoopLocal
-from sessions_app.redis_clients import redis_client
+from sessions_app.infra.loop_local import LoopLocal
+from sessions_app.infra.redis_clients import redis_client
 
 # Calls sent in one round trip at most; more wait for the next batch.
 BATCH_MAX = 500

@@ -82,7 +82,7 @@ def turn_lease_release(
     *, session_id: uuid.UUID, turn_id: uuid.UUID, event_seq: int | None = None
 ) -> None:
     """Give the lease up; with ``event_seq``, raise the session's event seq floor to it in
-    the same update (``sessions_app.events``: where a lost counter restarts)."""
+    the same update (``sessions_app.events.log``: where a lost counter restarts)."""
     changes: dict[str, Any] = {"turn_id": None, "turn_owner": "", "turn_heartbeat_at": None}
     if event_seq is not None:
         changes["last_event_seq"] = Greatest("last_event_seq", Value(event_seq))

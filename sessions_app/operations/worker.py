@@ -20,8 +20,8 @@ from django.tasks.base import DEFAULT_TASK_QUEUE_NAME
 from django_tasks_db.models import DBTaskResult
 from django_tasks_db.utils import exclusive_transaction, is_locked_database_exception
 
-from sessions_app import runtime
-from sessions_app.db import db_sync_to_async
+from sessions_app import process
+from sessions_app.infra.db import db_sync_to_async
 
 logger = logging.getLogger(__name__)
 
@@ -76,12 +76,12 @@ async def worker_loop(wake: asyncio.Event) -> None:
 
     slots = asyncio.Semaphore(settings.CHAT_WORKER_CONCURRENCY)
     running: set[asyncio.Task[None]] = set()
-    worker_id = runtime.process_id()[:64]
+    worker_id = process.process_id()[:64]
     try:
-        while not runtime.draining():  # a draining process takes no new work
+        while not process.draining():  # a draining process takes no new work
             await slots.acquire()
             wake.clear()
-            if runtime.draining():
+            if process.draining():
                 break
             try:
                 result = await db_sync_to_async(_claim)(worker_id)

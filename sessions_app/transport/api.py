@@ -38,8 +38,7 @@ from django.http import HttpRequest, HttpResponse, JsonResponse
 from django.views.csrf import csrf_failure as django_csrf_failure
 from pydantic import BaseModel
 
-from sessions_app import events, runtime, store, turns
-from sessions_app.db import db_sync_to_async
+from sessions_app import events, process, store, turns
 from sessions_app.errors import (
     InvalidInput,
     LimitExceeded,
@@ -48,6 +47,7 @@ from sessions_app.errors import (
     StoreWriteError,
     validated,
 )
+from sessions_app.infra.db import db_sync_to_async
 from sessions_app.schemas import (
     ApiError,
     ApiErrorBody,
@@ -61,7 +61,7 @@ from sessions_app.schemas import (
     SessionRenameIn,
     SessionState,
 )
-from sessions_app.snapshots import snapshot_build
+from sessions_app.transport.feed import snapshot_build
 
 logger = logging.getLogger(__name__)
 
@@ -261,7 +261,7 @@ def async_api_view(*methods: str) -> Callable[[AsyncView], AsyncView]:
             user = await request.auser()
             if not user.is_authenticated:
                 return _not_authenticated()
-            runtime.ensure_started()
+            process.ensure_started()
             try:
                 return await view(request, user.pk, *args, **kwargs)
             except HANDLED as exc:

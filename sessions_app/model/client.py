@@ -20,7 +20,7 @@ from django.core.signals import setting_changed
 from openai import AsyncOpenAI
 
 from chatproject.redaction import redact
-from sessions_app.loop_local import LoopLocal
+from sessions_app.infra.loop_local import LoopLocal
 from sessions_app.schemas import Usage, storable_text
 
 logger = logging.getLogger(__name__)

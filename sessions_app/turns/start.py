@@ -3,7 +3,7 @@ background operation) answered by the model, with as many tool rounds as it need
 
 A turn runs as an ``asyncio`` task owned by the server process, never by a socket: closing
 the socket that started it does not stop it; only ``cancel`` does (or a shutdown). It holds
-its session's turn lease (``sessions_app.leases``) while it runs, so at most one turn runs
+its session's turn lease (``sessions_app.store.leases``) while it runs, so at most one turn runs
 per session across all processes, and its process's cancel inbox joins the session's control
 group, so a ``cancel`` sent to any process reaches it. The steps themselves are in ``turn_steps``.
 
@@ -26,13 +26,16 @@ from channels.layers import get_channel_layer
 from django.conf import settings
 from django.db import transaction
 
-from sessions_app import context_window, events, leases, limits, llm, runtime, store, store_pg
-from sessions_app.db import db_sync_to_async
+from sessions_app import events, limits, process, store
 from sessions_app.errors import LimitExceeded, Refused, SessionNotFound
-from sessions_app.loop_local import LoopLocal
+from sessions_app.infra.db import db_sync_to_async
+from sessions_app.infra.loop_local import LoopLocal
+from sessions_app.model import client as llm
+from sessions_app.model import context_window
 from sessions_app.schemas import ChatMessageData
+from sessions_app.store import leases, turn_writes
 from sessions_app.tools.registry import tools_openai_schemas
-from sessions_app.turn_steps import FirstCall, ModelCall, TurnRunner, empty_reply, message_out
+from sessions_app.turns.runner import FirstCall, ModelCall, TurnRunner, empty_reply, message_out
 
 logger = logging.getLogger(__name__)
 
@@ -113,7 +116,7 @@ def _take_lease(turn: _Turn, *, take_stale: bool = True) -> bool:
     return leases.turn_lease_acquire(
         session_id=turn.session_id,
         turn_id=turn.turn_id,
-        owner=runtime.process_id(),
+        owner=process.process_id(),
         owner_id=turn.owner_id,
         take_stale=take_stale,
     )
@@ -134,7 +137,7 @@ async def turn_start(
     saved. Then nothing started. A retried send of a stored message is acknowledged as a
     duplicate whatever the limits say.
     """
-    if runtime.draining():
+    if process.draining():
         raise ServerDraining()
     if len(content) > settings.CHAT_MESSAGE_MAX_CHARS:
         raise Refused(
@@ -245,12 +248,12 @@ def _begin(
     caller recovers it, then tries again). Raises ``LimitExceeded`` (too many turns) and
     the store's errors, holding nothing. On PostgreSQL one round trip (``store_pg``).
     """
-    if store_pg.enabled():
-        begun = store_pg.turn_begin(
+    if turn_writes.enabled():
+        begun = turn_writes.turn_begin(
             session_id=turn.session_id,
             owner_id=turn.owner_id,
             turn_id=turn.turn_id,
-            process=runtime.process_id(),
+            process=process.process_id(),
             messages=[message] if reply is None else [message, reply],
         )
         if begun.outcome in ("busy", "stale"):
@@ -291,7 +294,7 @@ async def turn_continue(*, session_id: uuid.UUID, owner_id: int, notice: str) ->
     loop = asyncio.get_running_loop()
     give_up = loop.time() + CONTINUE_WAIT_SECONDS
     while session_id in _running or not await _acquire_unless_limited(turn):
-        if runtime.draining() or loop.time() > give_up:
+        if process.draining() or loop.time() > give_up:
             logger.warning("no follow-up turn for session %s: it stayed busy", session_id)
             return False
         await asyncio.sleep(settings.CHAT_HEARTBEAT_SECONDS)
@@ -312,7 +315,7 @@ async def _acquire_unless_limited(turn: _Turn) -> bool:
 
 def _launch(turn: _Turn) -> None:
     _running[turn.session_id] = turn
-    turn.task = runtime.detached(_run(turn), f"turn {turn.turn_id} of session {turn.session_id}")
+    turn.task = process.detached(_run(turn), f"turn {turn.turn_id} of session {turn.session_id}")
 
 
 async def _release(turn: _Turn, event_seq: int | None = None) -> None:
@@ -406,7 +409,7 @@ class _CancelInbox:
         async with self.lock:
             if self.channel is None:
                 self.channel = await self.layer.new_channel()
-                self.task = runtime.detached(self.receive_loop(), "cancel inbox")
+                self.task = process.detached(self.receive_loop(), "cancel inbox")
             return self.channel
 
     async def receive_loop(self) -> None:
@@ -510,7 +513,7 @@ async def _run(turn: _Turn) -> None:
 
 
 def _spawn(coro: Any, name: str) -> None:
-    task = runtime.detached(coro, name)
+    task = process.detached(coro, name)
     _background.add(task)
     task.add_done_callback(_background.discard)
 

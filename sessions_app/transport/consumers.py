@@ -24,11 +24,11 @@ from channels.generic.websocket import AsyncWebsocketConsumer
 from django.conf import settings
 from pydantic import BaseModel
 
-from sessions_app import events, limits, runtime, store, turns
-from sessions_app.db import db_sync_to_async
+from sessions_app import events, limits, process, store, turns
 from sessions_app.errors import LimitExceeded, Refused, SessionNotFound, StoreWriteError
-from sessions_app.llm import model_info
-from sessions_app.protocol import (
+from sessions_app.infra.db import db_sync_to_async
+from sessions_app.model.client import model_info
+from sessions_app.transport.client_frames import (
     AckFrame,
     CancelFrame,
     ErrorFrame,
@@ -39,7 +39,7 @@ from sessions_app.protocol import (
     SendFrame,
     frame_parse,
 )
-from sessions_app.snapshots import snapshot_build
+from sessions_app.transport.feed import snapshot_build
 
 logger = logging.getLogger(__name__)
 
@@ -79,7 +79,7 @@ class ChatConsumer(AsyncWebsocketConsumer):
         await handler(message)
 
     async def connect(self) -> None:
-        runtime.ensure_started()  # also when mounted without chatproject.asgi (tests)
+        process.ensure_started()  # also when mounted without chatproject.asgi (tests)
         user = self.scope.get("user")
         await self.accept()
         if user is None or not user.is_authenticated:

@@ -1,10 +1,10 @@
 """The store's PostgreSQL half: the two hottest writes of a turn in one round trip each.
 
-Before a turn starts, the ORM path (``sessions_app.turns._begin``) makes about nine round
+Before a turn starts, the ORM path (``sessions_app.turns.start._begin``) makes about nine round
 trips to the database in one transaction: the owner's row locked, the lease taken, the
 running turns counted, the session's row locked, the client message id looked up, the
 messages inserted, the session row moved on, ``BEGIN`` and ``COMMIT``. Each of them holds
-the one database thread of the process (``sessions_app.db``) while it waits, so under load
+the one database thread of the process (``sessions_app.infra.db``) while it waits, so under load
 every turn waited in that thread's queue behind the others (docs/performance.md). On
 PostgreSQL the same work is one call of ``chat_turn_begin_v1`` (migration 0004), a
 PL/pgSQL function that takes the same locks in the same order and makes the same checks,
@@ -27,9 +27,10 @@ from django.conf import settings
 from django.db import DatabaseError, connection
 from django.utils import timezone
 
-from sessions_app import limits, store
+from sessions_app import limits
 from sessions_app.errors import SessionNotFound
 from sessions_app.schemas import ChatMessageData, Usage
+from sessions_app.store import messages as store
 
 
 def enabled() -> bool:

@@ -1,6 +1,6 @@
 """The steps of one turn: a model call streamed into an assistant message, then its tool calls.
 
-``TurnRunner`` is driven by ``sessions_app.turns``, which owns the lease, the registry of
+``TurnRunner`` is driven by ``sessions_app.turns.start``, which owns the lease, the registry of
 running turns and the outcome. Every write goes to the database before its event is
 published, so a client that reconnects finds it either way.
 """
@@ -17,9 +17,11 @@ from typing import Any
 
 from django.conf import settings
 
-from sessions_app import context_window, events, llm, operations, runtime, store
-from sessions_app.db import db_sync_to_async
+from sessions_app import events, operations, process, store
 from sessions_app.errors import LimitExceeded, StoreWriteError
+from sessions_app.infra.db import db_sync_to_async
+from sessions_app.model import client as llm
+from sessions_app.model import context_window
 from sessions_app.schemas import ChatMessageData, MessageOut, Usage
 from sessions_app.tools.base import ToolContext
 from sessions_app.tools.registry import (
@@ -181,7 +183,7 @@ class Checkpoints:
 
 class ModelCall:
     """A model call read by a task of its own into a queue, so that it can start before
-    the turn that uses it (``sessions_app.turns``: the first call of a turn is made while
+    the turn that uses it (``sessions_app.turns.start``: the first call of a turn is made while
     the turn's lease and messages are being written, and dropped if the turn does not
     start). Iterate it once, like ``llm.stream_chat``; ``close`` stops the call."""
 
@@ -189,7 +191,7 @@ class ModelCall:
 
     def __init__(self, messages: list[dict[str, Any]], tools: list[dict[str, Any]]) -> None:
         self.items: asyncio.Queue[Any] = asyncio.Queue()
-        self.task = runtime.detached(self.read(messages, tools), "model call")
+        self.task = process.detached(self.read(messages, tools), "model call")
 
     async def read(self, messages: list[dict[str, Any]], tools: list[dict[str, Any]]) -> None:
         try:

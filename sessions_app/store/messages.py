@@ -22,7 +22,7 @@ from django.db import DatabaseError, transaction
 from django.db.models import F, Q
 from django.utils import timezone
 
-from sessions_app import limits, session_cache
+from sessions_app import limits
 from sessions_app.errors import SessionNotFound, StoreWriteError
 from sessions_app.models import ChatMessage, ChatSession, UsageRecord
 from sessions_app.schemas import (
@@ -33,6 +33,7 @@ from sessions_app.schemas import (
     SessionSummary,
     Usage,
 )
+from sessions_app.store import cache as session_cache
 
 logger = logging.getLogger(__name__)
 
@@ -466,10 +467,10 @@ def message_complete(
     recorded, in one transaction. Returns the message and the session's usage totals
     (``None`` without ``usage``). On PostgreSQL one round trip (``store_pg``)."""
     sid = _as_uuid(session_id)
-    from sessions_app import store_pg  # the store's other half, which imports this one
+    from sessions_app.store import turn_writes  # the store's other half, which imports this one
 
-    if store_pg.enabled():
-        return store_pg.message_complete(
+    if turn_writes.enabled():
+        return turn_writes.message_complete(
             session_id=sid, sequence=sequence, changes=changes, usage=usage, model=model
         )
     try:
@@ -579,7 +580,7 @@ def session_title_set_if_empty(*, session_id: uuid.UUID | str, title: str) -> bo
 
 
 class ContextSummary(NamedTuple):
-    """The summary of a session's oldest messages (``sessions_app.context_window``)."""
+    """The summary of a session's oldest messages (``sessions_app.model.context_window``)."""
 
     text: str
     through_sequence: int | None  # it covers the messages up to this sequence; None: none
@@ -636,7 +637,7 @@ def session_cache_invalidate(*, session_id: uuid.UUID | str) -> None:
     _best_effort("purge", sid, lambda: session_cache.session_forget(sid, last_sequence=last or 0))
 
 
-# --- event sequence floor (sessions_app.events) ------------------------------------------
+# --- event sequence floor (sessions_app.events.log) ------------------------------------------
 
 
 def session_event_seq(*, session_id: uuid.UUID | str) -> int:
