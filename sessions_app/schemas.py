@@ -215,15 +215,19 @@ class MessageSearchHit(BaseModel):
     snippet: str
 
 
+# A client's id for a message it sends: a retried send with the same id is stored once.
+ClientMessageId = Annotated[
+    str, StringConstraints(min_length=1, max_length=64, pattern=r"^[A-Za-z0-9._:-]+$")
+]
+
+
 class MessageSendIn(BaseModel):
     """``POST /api/sessions/<id>/messages/``: the same fields as the websocket ``send``."""
 
     model_config = ConfigDict(extra="forbid")
 
     content: MessageText
-    client_message_id: Annotated[
-        str, StringConstraints(min_length=1, max_length=64, pattern=r"^[A-Za-z0-9._:-]+$")
-    ]
+    client_message_id: ClientMessageId
 
 
 class EventsQuery(BaseModel):

@@ -44,7 +44,7 @@ async def chat_runtime(chat_runtime_settings: None) -> AsyncIterator[None]:
     """The local model, fast checkpoints, and no turn or background task left behind."""
     yield
     await turns.turns_interrupt_all()
-    await turns.background_wait()
+    await process.background_wait()
     await process.stop()
     # The model client's connections belong to this loop too (aiohttp logs an ERROR for a
     # session left open).

@@ -11,7 +11,7 @@ import pytest
 from channels.db import database_sync_to_async
 from channels.testing import WebsocketCommunicator
 
-from sessions_app import events, store, turns
+from sessions_app import events, process, store, turns
 from tests.chat_fixtures import FRAME_TIMEOUT, ROUTER, Socket, db_messages, open_socket
 from tests.wsclient import send_frame
 
@@ -680,7 +680,7 @@ async def test_database_calls_on_several_threads(
     assert first.view.contents() == await db_messages(session_id)
     assert second.view.contents() == await db_messages(other_id)
     assert threads and all(name.startswith("database") for name in threads)
-    await turns.background_wait()  # titles
+    await process.background_wait()  # titles
 
     def in_use() -> int:
         stats = connections["default"].pool.get_stats()

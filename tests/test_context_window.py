@@ -377,7 +377,7 @@ def test_too_long_for_the_budget_is_a_clear_error() -> None:
     with pytest.raises(ContextTooLong) as raised:
         fit_messages(history, tools=TOOLS, budget=1000, counter=ESTIMATE)
     error = raised.value
-    assert isinstance(error, llm.ModelError) and error.code == "context_too_long"
+    assert not isinstance(error, llm.ModelError) and error.code == "context_too_long"
     assert error.needed > 1000 and f"{error.needed} tokens" in error.message
     assert "1000" in error.message
 

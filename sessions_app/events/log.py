@@ -1,33 +1,24 @@
-"""Session events: per-session sequence numbers, the bounded replay log, and live fan-out.
+"""The per-session event counter and bounded replay log.
 
-Every output of a turn or an operation is an event ``{"type": ..., "seq": N, ...}``. ``seq``
-is strictly increasing per session across all processes. ``event_publish`` allocates it and
-appends the event to the replay log in one atomic step (a Lua script over a Redis Stream
-with ``REDIS_URL``; a lock-guarded deque in the embedded single-process default), then sends
-it to the session's channel-layer group. So the log holds every seq up to the newest one,
-and a consumer that sees ``seq`` jump (the layer reordered or dropped a message) repairs the
-gap from the log.
+``EventLog.append`` gives an event the next ``seq`` of its session and appends it to the
+log in one atomic step: a Lua script over a Redis Stream with ``REDIS_URL`` (``seq`` strictly
+increasing per session across all processes), a lock-guarded deque in the embedded
+single-process default. So the log holds every seq up to the newest one, and a reader that
+sees ``seq`` jump can repair the gap from it.
 
-With channels-redis's pub/sub layer on the log's Redis (the production configuration), the
-log's script also makes the group send itself: one ``PUBLISH``, in the same round trip, of
-the message the layer's subscribers expect (``live_channel``). The layer's own
-``group_send`` holds one lock per process around every ``PUBLISH``, so every event of every
-session waited for the previous one's round trip: under load an event took hundreds of
-milliseconds to go out (docs/performance.md). Any other layer gets ``group_send``.
+With channels-redis's pub/sub layer on the log's Redis, the script also makes the group send
+itself (``channels_redis_live``): one ``PUBLISH`` of the message the layer's subscribers
+expect, in the same round trip, instead of the layer's own ``group_send`` (which holds one
+lock per process around every ``PUBLISH``).
 
-Events describe state, not increments, so applying one twice is harmless: a text delta names
-its message and its character ``offset``; everything else carries the whole object.
-
-Counter loss (Redis restarted, the embedded process restarted): the counter is re-created
-from ``ChatSession.last_event_seq`` (written at the start and end of every turn) plus
-``SEQ_RESTART_GAP``, so it still only grows; clients see the jump, resume, and get a
-snapshot, since the log went with the counter.
+Counter loss (Redis restarted, the embedded process restarted): the counter is re-created at
+the session's *event floor* (``store.event_floor_get``: saved after the first event of a
+session, and as each turn ends) plus ``SEQ_RESTART_GAP``, so it still only grows; clients
+see the jump, resume, and get a snapshot, since the log went with the counter.
 """
 
 from __future__ import annotations
 
-import asyncio
-import concurrent.futures
 import json
 import logging
 import threading
@@ -35,12 +26,12 @@ import uuid
 from collections import deque
 from typing import Any, Protocol
 
-from channels.layers import get_channel_layer
 from django.conf import settings
 from django.core.signals import setting_changed
 from redis import asyncio as aioredis
 
-from sessions_app import process, store
+from sessions_app import store
+from sessions_app.events.channels_redis_live import live_channel, live_prefix
 from sessions_app.infra.db import db_sync_to_async
 from sessions_app.infra.lua_batches import ScriptBatches
 from sessions_app.infra.redis_clients import redis_client
@@ -55,13 +46,10 @@ LOG_TTL_SECONDS = 7 * 24 * 3600
 Event = dict[str, Any]
 
 
-def group_name(session_id: uuid.UUID | str) -> str:
-    return f"chat-session.{session_id}"
-
-
-def restart_floor(last_event_seq: int) -> int:
-    """Where a lost counter restarts: past every seq that may have been handed out."""
-    return last_event_seq + SEQ_RESTART_GAP if last_event_seq else 0
+def counter_restart(floor: int) -> int:
+    """Where a lost counter restarts: past every seq that may have been handed out since the
+    session's event floor was last saved."""
+    return floor + SEQ_RESTART_GAP if floor else 0
 
 
 class EventLog(Protocol):
@@ -77,9 +65,9 @@ class EventLog(Protocol):
     async def recent(self, session_id: uuid.UUID) -> list[Event]: ...
 
 
-async def _floor(session_id: uuid.UUID) -> int:
-    last = await db_sync_to_async(store.session_event_seq)(session_id=session_id)
-    return restart_floor(last)
+async def _restart_at(session_id: uuid.UUID) -> int:
+    floor = await db_sync_to_async(store.event_floor_get)(session_id=session_id)
+    return counter_restart(floor)
 
 
 class MemoryEventLog:
@@ -96,7 +84,7 @@ class MemoryEventLog:
     async def _counter_ready(self, session_id: uuid.UUID) -> None:
         """Create the session's counter at its restart floor the first time it is needed."""
         if session_id not in self._counters:
-            floor = await _floor(session_id)
+            floor = await _restart_at(session_id)
             with self._lock:
                 self._counters.setdefault(session_id, floor)
 
@@ -204,7 +192,7 @@ class RedisEventLog:
         run = self._appends.run
         seq = int(await run(keys, [payload, self.size, LOG_TTL_SECONDS, "", live]))
         if seq == -1:
-            floor = await _floor(session_id)
+            floor = await _restart_at(session_id)
             seq = int(await run(keys, [payload, self.size, LOG_TTL_SECONDS, floor, live]))
         return seq
 
@@ -227,7 +215,9 @@ class RedisEventLog:
         if raw is None:
             # A counter lost with Redis restarts past every seq it may have handed out, so
             # a snapshot stated at the head never goes back behind a client's cursor.
-            await self._redis().set(counter, await _floor(session_id), nx=True, ex=LOG_TTL_SECONDS)
+            await self._redis().set(
+                counter, await _restart_at(session_id), nx=True, ex=LOG_TTL_SECONDS
+            )
             raw = await self._redis().get(counter)
         return int(raw) if raw is not None else None
 
@@ -237,31 +227,6 @@ class RedisEventLog:
             {**json.loads(fields[b"e"]), "seq": _entry_seq(entry_id)}
             for entry_id, fields in entries
         ]
-
-
-PUBSUB_LAYER = "channels_redis.pubsub.RedisPubSubChannelLayer"
-
-
-def live_prefix() -> str | None:
-    """The channel prefix of the default channel layer when the event log can publish to it
-    itself: channels-redis's pub/sub layer on ``REDIS_URL`` alone, with its default
-    serializer (msgpack, no encryption). ``None`` for any other layer or configuration."""
-    layer = settings.CHANNEL_LAYERS.get("default", {})
-    config = layer.get("CONFIG", {})
-    hosts = config.get("hosts", [])
-    if layer.get("BACKEND") != PUBSUB_LAYER or not settings.REDIS_URL or len(hosts) != 1:
-        return None
-    address = hosts[0].get("address") if isinstance(hosts[0], dict) else hosts[0]
-    if address != settings.REDIS_URL or set(config) - {"hosts", "prefix"}:
-        return None  # another Redis, encryption, another serializer, ...: the layer's own way
-    return str(config.get("prefix", "asgi"))
-
-
-def live_channel(prefix: str, session_id: uuid.UUID) -> str:
-    """The Redis channel of a session's group in channels-redis's pub/sub layer
-    (``RedisPubSubLoopLayer._get_group_channel_name``; tests/test_events.py checks that the
-    layer hears it)."""
-    return f"{prefix}__group__{group_name(session_id)}"
 
 
 _log: EventLog | None = None
@@ -286,86 +251,3 @@ def _reset_log(*, setting: str, **kwargs: Any) -> None:
 
 
 setting_changed.connect(_reset_log)
-
-
-async def event_publish(session_id: uuid.UUID, event_type: str, **fields: Any) -> Event | None:
-    """Number an event, log it, and send it to every socket of the session.
-
-    Call after the database change it describes has committed. Never raises for a log or
-    layer failure: the database holds the truth, and clients repair what they missed with
-    ``resume``. Returns the event as published, or ``None`` when it could not be logged.
-    """
-    event: Event = {"type": event_type, **fields}
-    log = event_log()
-    try:
-        seq = await log.append(session_id, event)
-    except Exception:
-        logger.warning(
-            "could not log %s event of session %s", event_type, session_id, exc_info=True
-        )
-        return None
-    event["seq"] = seq
-    layer = get_channel_layer()
-    if layer is not None and not log.publishes_live:
-        try:
-            # The frame's text is made once here, not once per socket that relays it.
-            message = {"type": "session.event", "seq": seq, "frame": json.dumps(event)}
-            await layer.group_send(group_name(session_id), message)
-        except Exception:
-            logger.warning(
-                "could not send event %s of session %s live", seq, session_id, exc_info=True
-            )
-    return event
-
-
-def event_publish_sync(session_id: uuid.UUID, event_type: str, **fields: Any) -> Event | None:
-    """``event_publish`` for synchronous code (the admin, management commands).
-
-    The event goes out from the process's home loop when it has one, so the in-memory layer
-    of the embedded default (bound to that loop) delivers it; otherwise from a loop of its
-    own in a helper thread, so no database connection of the caller's thread is touched.
-    """
-    coro = event_publish(session_id, event_type, **fields)
-    home = process.home_loop()
-    if home is not None and home.is_running():
-        return asyncio.run_coroutine_threadsafe(coro, home).result(timeout=30)
-    with concurrent.futures.ThreadPoolExecutor(max_workers=1) as pool:
-        return pool.submit(asyncio.run, coro).result(timeout=30)
-
-
-async def events_since(session_id: uuid.UUID, after: int) -> list[Event] | None:
-    """The events after ``after`` in order, or ``None`` when only a snapshot can help."""
-    try:
-        return await event_log().since(session_id, after)
-    except Exception:
-        logger.warning("could not read the event log of %s", session_id, exc_info=True)
-        return None
-
-
-async def events_recent(session_id: uuid.UUID) -> list[Event]:
-    """Whatever the log still holds of a session, oldest first (empty when unreadable)."""
-    try:
-        return await event_log().recent(session_id)
-    except Exception:
-        logger.warning("could not read the event log of %s", session_id, exc_info=True)
-        return []
-
-
-async def event_head(session_id: uuid.UUID) -> int:
-    """The newest seq of a session (0 when it never had an event in this log's life)."""
-    try:
-        head = await event_log().head(session_id)
-    except Exception:
-        logger.warning("could not read the event head of %s", session_id, exc_info=True)
-        return 0
-    return head or 0
-
-
-async def event_floor_save(session_id: uuid.UUID, seq: int | None) -> None:
-    """Remember ``seq`` in the database, where a lost counter restarts from."""
-    if seq is None:
-        return
-    try:
-        await db_sync_to_async(store.session_event_seq_raise)(session_id=session_id, seq=seq)
-    except Exception:
-        logger.warning("could not save event seq of %s", session_id, exc_info=True)

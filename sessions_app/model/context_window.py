@@ -32,7 +32,7 @@ from typing import Any, NamedTuple
 from django.conf import settings
 
 from sessions_app import store
-from sessions_app.errors import SessionNotFound
+from sessions_app.errors import Refused, SessionNotFound
 from sessions_app.infra.db import db_sync_to_async
 from sessions_app.model import client as llm
 from sessions_app.model.openai_messages import message_to_openai
@@ -54,9 +54,10 @@ TRANSCRIPT_LINE_MAX_CHARS = 1000
 SUMMARY_ROUNDS = 2
 
 
-class ContextTooLong(llm.ModelError):
-    """Even the newest turn, reduced to its user message and last block, exceeds the budget.
-    A ``ModelError``, so a turn ends with an ``error`` event carrying its code."""
+class ContextTooLong(Refused):
+    """Even the newest turn, reduced to its user message and last block, exceeds the budget:
+    the request is refused before the model is called, and the turn ends with an ``error``
+    event carrying its code."""
 
     def __init__(self, needed: int, budget: int) -> None:
         super().__init__(

@@ -12,8 +12,10 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import logging
+from collections.abc import Coroutine
 from typing import Any
 
+from django.conf import settings
 from django.db.utils import OperationalError
 from django.tasks import DEFAULT_TASK_BACKEND_ALIAS
 from django.tasks.base import DEFAULT_TASK_QUEUE_NAME
@@ -27,6 +29,9 @@ logger = logging.getLogger(__name__)
 
 # Seconds between looks at the queue when nothing woke the worker (work queued elsewhere).
 IDLE_POLL_SECONDS = 1.0
+
+# The running worker's loop and the event that wakes it.
+_wake: tuple[asyncio.AbstractEventLoop, asyncio.Event] | None = None
 
 
 def _claim(worker_id: str) -> DBTaskResult | None:
@@ -70,10 +75,31 @@ async def _record(result: DBTaskResult, setter: Any, outcome: Any) -> None:
         logger.info("task %s: its row was deleted before it finished", result.id)
 
 
+def worker_start() -> Coroutine[Any, Any, None] | None:
+    """The in-process worker of this loop when ``CHAT_TASK_WORKER`` is ``in-process`` (a
+    service of the process's lifecycle), else ``None``."""
+    if settings.CHAT_TASK_WORKER != "in-process":
+        return None
+    global _wake
+    loop = asyncio.get_running_loop()
+    _wake = (loop, asyncio.Event())
+    return worker_loop(_wake[1])
+
+
+def worker_wake() -> None:
+    """Tell this process's in-process worker (if any) that an operation was queued; from
+    any thread."""
+    if _wake is None:
+        return
+    loop, wake = _wake
+    if loop.is_closed():
+        return
+    with contextlib.suppress(RuntimeError):  # the loop is closing
+        loop.call_soon_threadsafe(wake.set)
+
+
 async def worker_loop(wake: asyncio.Event) -> None:
     """Claim and run tasks, at most ``CHAT_WORKER_CONCURRENCY`` at once, until cancelled."""
-    from django.conf import settings
-
     slots = asyncio.Semaphore(settings.CHAT_WORKER_CONCURRENCY)
     running: set[asyncio.Task[None]] = set()
     worker_id = process.process_id()[:64]

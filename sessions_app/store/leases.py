@@ -23,7 +23,8 @@ from sessions_app import limits
 from sessions_app.models import ChatSession
 
 
-def _stale_before() -> datetime:
+def lease_stale_before() -> datetime:
+    """The instant before which a lease's last heartbeat makes it stale."""
     return timezone.now() - timedelta(seconds=settings.CHAT_LEASE_SECONDS)
 
 
@@ -45,7 +46,7 @@ def turn_lease_acquire(
     """
     free = Q(turn_id__isnull=True)
     if take_stale:
-        free |= Q(turn_heartbeat_at__lt=_stale_before())
+        free |= Q(turn_heartbeat_at__lt=lease_stale_before())
     with transaction.atomic(savepoint=False):
         get_user_model().objects.select_for_update().filter(pk=owner_id).first()
         taken = (
@@ -59,7 +60,7 @@ def turn_lease_acquire(
                 ChatSession.objects.filter(
                     owner_id=owner_id,
                     turn_id__isnull=False,
-                    turn_heartbeat_at__gte=_stale_before(),
+                    turn_heartbeat_at__gte=lease_stale_before(),
                 )
                 .exclude(pk=session_id)
                 .count()
@@ -92,7 +93,7 @@ def turn_lease_release(
 def turn_lease_live(*, session_id: uuid.UUID) -> uuid.UUID | None:
     """The id of the live turn of a session, if one runs anywhere."""
     row = (
-        ChatSession.objects.filter(pk=session_id, turn_heartbeat_at__gte=_stale_before())
+        ChatSession.objects.filter(pk=session_id, turn_heartbeat_at__gte=lease_stale_before())
         .values_list("turn_id", flat=True)
         .first()
     )
@@ -102,7 +103,9 @@ def turn_lease_live(*, session_id: uuid.UUID) -> uuid.UUID | None:
 def turn_leases_stale(*, session_id: uuid.UUID | None = None) -> list[tuple[uuid.UUID, uuid.UUID]]:
     """``(session_id, turn_id)`` of every turn (of one session, if given) whose process
     stopped renewing its lease."""
-    rows = ChatSession.objects.filter(turn_id__isnull=False, turn_heartbeat_at__lt=_stale_before())
+    rows = ChatSession.objects.filter(
+        turn_id__isnull=False, turn_heartbeat_at__lt=lease_stale_before()
+    )
     if session_id is not None:
         rows = rows.filter(pk=session_id)
     pairs = rows.values_list("pk", "turn_id")
@@ -112,6 +115,6 @@ def turn_leases_stale(*, session_id: uuid.UUID | None = None) -> list[tuple[uuid
 def turn_lease_break(*, session_id: uuid.UUID, turn_id: uuid.UUID) -> bool:
     """Take a stale lease away from a dead turn; ``False`` if it was renewed meanwhile."""
     broken = ChatSession.objects.filter(
-        pk=session_id, turn_id=turn_id, turn_heartbeat_at__lt=_stale_before()
+        pk=session_id, turn_id=turn_id, turn_heartbeat_at__lt=lease_stale_before()
     ).update(turn_id=None, turn_owner="", turn_heartbeat_at=None)
     return broken == 1

@@ -640,15 +640,16 @@ def session_cache_invalidate(*, session_id: uuid.UUID | str) -> None:
 # --- event sequence floor (sessions_app.events.log) ------------------------------------------
 
 
-def session_event_seq(*, session_id: uuid.UUID | str) -> int:
-    """The highest event seq the database knows of (0 for a missing session)."""
+def event_floor_get(*, session_id: uuid.UUID | str) -> int:
+    """The session's event floor: the highest event seq saved in the database (0 for a
+    missing session, or one that never had an event)."""
     sid = _as_uuid(session_id)
     last = ChatSession.objects.filter(pk=sid).values_list("last_event_seq", flat=True).first()
     return last or 0
 
 
-def session_event_seq_raise(*, session_id: uuid.UUID | str, seq: int) -> None:
-    """Raise the stored event seq to ``seq`` (never lowers it). No cache entry depends on it
+def event_floor_raise(*, session_id: uuid.UUID | str, seq: int) -> None:
+    """Raise the session's event floor to ``seq`` (never lowers it). No cache entry depends on it
     being current, so the cache is left alone."""
     sid = _as_uuid(session_id)
     ChatSession.objects.filter(pk=sid, last_event_seq__lt=seq).update(last_event_seq=seq)

@@ -38,7 +38,7 @@ from django.http import HttpRequest, HttpResponse, JsonResponse
 from django.views.csrf import csrf_failure as django_csrf_failure
 from pydantic import BaseModel
 
-from sessions_app import events, process, store, turns
+from sessions_app import process, store, turns
 from sessions_app.errors import (
     InvalidInput,
     LimitExceeded,
@@ -61,7 +61,7 @@ from sessions_app.schemas import (
     SessionRenameIn,
     SessionState,
 )
-from sessions_app.transport.feed import snapshot_build
+from sessions_app.transport.feed import feed_since
 
 logger = logging.getLogger(__name__)
 
@@ -283,10 +283,10 @@ async def session_events(request: HttpRequest, owner_id: int, session_id: str) -
     """The events after ``?after=<seq>``, or a snapshot (no cursor, or one the log lost)."""
     sid = await _owned_session(session_id, owner_id)
     query = _validated(EventsQuery, request.GET.dict(), "query")
-    missed = None if query.after is None else await events.events_since(sid, query.after)
-    if missed is None:
-        return JsonResponse({"snapshot": await snapshot_build(sid, owner_id)})
-    return JsonResponse({"events": missed})
+    feed = await feed_since(sid, owner_id, query.after)
+    if feed.events is None:
+        return JsonResponse({"snapshot": feed.snapshot})
+    return JsonResponse({"events": feed.events})
 
 
 @async_api_view("POST")

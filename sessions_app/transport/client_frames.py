@@ -12,11 +12,7 @@ from typing import Annotated, Any, Literal
 from pydantic import BaseModel, ConfigDict, Field, StringConstraints
 
 from sessions_app.errors import InvalidInput, Refused, validated
-from sessions_app.schemas import MessageText
-
-ClientMessageId = Annotated[
-    str, StringConstraints(min_length=1, max_length=64, pattern=r"^[A-Za-z0-9._:-]+$")
-]
+from sessions_app.schemas import MessageSendIn
 
 
 class _Frame(BaseModel):
@@ -24,10 +20,11 @@ class _Frame(BaseModel):
     model_config = ConfigDict(extra="forbid", strict=True)
 
 
-class SendFrame(_Frame):
+class SendFrame(MessageSendIn):
+    """``send``: the fields of the JSON API's message send, strictly typed."""
+
+    model_config = ConfigDict(extra="forbid", strict=True)
     type: Literal["send"]
-    content: MessageText
-    client_message_id: ClientMessageId
 
 
 class CancelFrame(_Frame):

@@ -39,7 +39,7 @@ from sessions_app.transport.client_frames import (
     SendFrame,
     frame_parse,
 )
-from sessions_app.transport.feed import snapshot_build
+from sessions_app.transport.feed import feed_since
 
 logger = logging.getLogger(__name__)
 
@@ -188,25 +188,17 @@ class ChatConsumer(AsyncWebsocketConsumer):
 
     async def resume(self, last_seq: int | None) -> None:
         """Send what the client missed after ``last_seq`` (or a snapshot), then go live."""
-        if last_seq is None:
-            await self.send_snapshot()
-            return
         self.delivered = last_seq
         await self.catch_up()
 
     async def catch_up(self) -> None:
-        """Send every logged event after ``delivered``; a snapshot when the log lost some."""
-        assert self.delivered is not None
-        missed = await events.events_since(self.session_id, self.delivered)
-        if missed is None:
-            await self.send_snapshot()
+        """Send every event after ``delivered``, or a snapshot when the log cannot."""
+        feed = await feed_since(self.session_id, self.owner_id, self.delivered)
+        if feed.snapshot is not None:
+            self.delivered = feed.snapshot["seq"]
+            await self.send_text(json.dumps(feed.snapshot))
         else:
-            await self.send_events(missed)
-
-    async def send_snapshot(self) -> None:
-        snapshot = await snapshot_build(self.session_id, self.owner_id)
-        self.delivered = snapshot["seq"]
-        await self.send_text(json.dumps(snapshot))
+            await self.send_events(feed.events or [])
 
     async def send_events(self, batch: list[events.Event]) -> None:
         for event in batch:

@@ -1,23 +1,25 @@
-"""Snapshots: a session's whole state at a stated ``seq``, for clients the log cannot catch up.
+"""What a client missed: the events after its cursor, or a snapshot when the log cannot say.
 
-The head ``seq`` is read first, then the database. Every event up to the head was published
-after its change committed, so the database read already reflects it; events after the head
-may be reflected too, and the client re-applies them harmlessly (events set state). Text
-streamed since the last checkpoint is not in the database yet: it is taken from the deltas
-the log still holds.
+``feed_since`` is the one answer to "what happened after ``seq``": the websocket's
+``resume`` and gap repair and the JSON API's ``events/`` both use it.
+
+A snapshot is a session's whole state at a stated ``seq``. The head ``seq`` is read first,
+then the database. Every event up to the head was published after its change committed, so
+the database read already reflects it; events after the head may be reflected too, and the
+client re-applies them harmlessly (events set state). Text streamed since the last
+checkpoint is not in the database yet: it is taken from the deltas the log still holds.
 """
 
 from __future__ import annotations
 
 import uuid
-from typing import Any
+from typing import Any, NamedTuple
 
 from sessions_app import events, operations, store
 from sessions_app.infra.db import db_sync_to_async
 from sessions_app.model.client import model_info
 from sessions_app.schemas import ChatMessageData
 from sessions_app.store import leases
-from sessions_app.turns.runner import message_out
 
 
 def apply_text_delta(content: str, offset: int, text: str) -> str | None:
@@ -63,9 +65,25 @@ async def snapshot_build(session_id: uuid.UUID, owner_id: int) -> dict[str, Any]
             "usage": state.usage.model_dump(),
             "message_count": state.last_sequence,
         },
-        "messages": [message_out(m) for m in messages],
+        "messages": [events.message_out(m) for m in messages],
         "running": live_turn is not None,
         "turn_id": str(live_turn) if live_turn else None,
-        "operations": [operations.operation_out(op) for op in ops],
+        "operations": [events.operation_out(op) for op in ops],
         "model": {"name": info.name, "offline_demo": info.offline_demo},
     }
+
+
+class Feed(NamedTuple):
+    """What a client missed: ``events`` after its cursor in order, or else a ``snapshot``."""
+
+    events: list[events.Event] | None
+    snapshot: dict[str, Any] | None
+
+
+async def feed_since(session_id: uuid.UUID, owner_id: int, after: int | None) -> Feed:
+    """The events after ``after``, or a snapshot when there is no cursor or the log lost
+    some of what followed it. Raises ``SessionNotFound``."""
+    missed = None if after is None else await events.events_since(session_id, after)
+    if missed is not None:
+        return Feed(missed, None)
+    return Feed(None, await snapshot_build(session_id, owner_id))

@@ -1,6 +1,6 @@
 """Server-rendered pages of the chat UI (docs/ui.md). Thin: they call the store and render.
 
-The chat page is rendered from a snapshot (``snapshots.snapshot_build``) so the first paint
+The chat page is rendered from a snapshot (``transport.feed``) so the first paint
 shows the whole history; the page embeds that snapshot and its ``seq``, and the script
 (``static/js/chat.js``) resumes the websocket from exactly there.
 

@@ -1,28 +1,28 @@
-"""The steps of one turn: a model call streamed into an assistant message, then its tool calls.
+"""Running one turn: model calls streamed into assistant messages, tool rounds, the outcome.
 
-``TurnRunner`` is driven by ``sessions_app.turns.start``, which owns the lease, the registry of
-running turns and the outcome. Every write goes to the database before its event is
-published, so a client that reconnects finds it either way.
+``turn_run`` holds the session's lease while the turn runs (renewing it, and stopping the
+turn when another process took it away), hears ``cancel`` from any process, and publishes
+how the turn ended; ``TurnRunner`` makes its steps. Every write goes to the database before
+its event is published, so a client that reconnects finds it either way.
 """
 
 from __future__ import annotations
 
 import asyncio
-import contextlib
 import logging
 import uuid
 from collections.abc import AsyncIterator
-from dataclasses import dataclass, field
 from typing import Any
 
 from django.conf import settings
 
 from sessions_app import events, operations, process, store
-from sessions_app.errors import LimitExceeded, StoreWriteError
+from sessions_app.errors import LimitExceeded, Refused, SessionNotFound
 from sessions_app.infra.db import db_sync_to_async
 from sessions_app.model import client as llm
 from sessions_app.model import context_window
-from sessions_app.schemas import ChatMessageData, MessageOut, Usage
+from sessions_app.schemas import ChatMessageData, Usage
+from sessions_app.store import leases
 from sessions_app.tools.base import ToolContext
 from sessions_app.tools.registry import (
     tool_arguments_parse,
@@ -30,199 +30,21 @@ from sessions_app.tools.registry import (
     tool_get,
     tools_openai_schemas,
 )
+from sessions_app.turns.cancel import hear_cancels
+from sessions_app.turns.registry import Turn, running_add, running_remove, turn_cancel
+from sessions_app.turns.text_stream import (
+    Checkpoints,
+    FirstCall,
+    ModelCall,
+    Step,
+    TextSender,
+    empty_reply,
+)
+from sessions_app.turns.titles import title_make
 
 logger = logging.getLogger(__name__)
 
 CANCELLED_TOOL_RESULT = "Error: the turn was stopped before this tool finished."
-
-
-def message_out(message: ChatMessageData) -> dict[str, Any]:
-    """A stored message as events and snapshots carry it."""
-    return MessageOut.of(message).model_dump(mode="json")
-
-
-def empty_reply() -> ChatMessageData:
-    """An assistant message about to stream, as stored before its first token."""
-    return ChatMessageData(role="assistant", content="", status="streaming")
-
-
-@dataclass
-class Step:
-    """The assistant message being streamed, and what the step has produced so far."""
-
-    message: ChatMessageData
-    text: list[str] = field(default_factory=list)
-    length: int = 0
-    # How much of ``text`` went out in text_delta events (pieces, characters).
-    sent_pieces: int = 0
-    sent_length: int = 0
-    tool_messages: list[ChatMessageData] = field(default_factory=list)
-
-    def add(self, piece: str) -> None:
-        self.text.append(piece)
-        self.length += len(piece)
-
-    def unsent(self) -> tuple[int, str]:
-        """The text not sent yet and its offset; marks it sent."""
-        offset, piece = self.sent_length, "".join(self.text[self.sent_pieces :])
-        self.sent_pieces, self.sent_length = len(self.text), self.length
-        return offset, piece
-
-
-class TextSender:
-    """Sends a streaming step's text as it grows, one ``text_delta`` at a time.
-
-    The first piece goes out at once. After a delta, the next waits until
-    ``CHAT_TEXT_DELTA_MS`` have passed since it was sent, and carries every piece that
-    arrived meanwhile; so does a delta that waited for the previous one to be published
-    (the log append and the group send take their time). An event costs the server about
-    the same whatever it carries, so this bounds the events of an answer to what a reader
-    can tell apart, and a busy process sends fewer, larger deltas instead of falling
-    behind the model. The model is read meanwhile: the stream's pace never waits for the
-    event log or the channel layer.
-    """
-
-    def __init__(self, runner: TurnRunner, step: Step) -> None:
-        self.runner = runner
-        self.step = step
-        self.more = asyncio.Event()
-        self.caught_up = asyncio.Event()  # set while every added piece has been published
-        self.caught_up.set()
-        self.hurry = asyncio.Event()  # set by flush: what is left goes out without waiting
-        self.task = asyncio.ensure_future(self.send_loop())
-
-    async def send_loop(self) -> None:
-        step = self.step
-        loop = asyncio.get_running_loop()
-        interval = settings.CHAT_TEXT_DELTA_SECONDS
-        next_at = 0.0
-        while True:
-            await self.more.wait()
-            wait = next_at - loop.time()
-            if wait > 0 and not self.hurry.is_set():
-                with contextlib.suppress(TimeoutError):
-                    await asyncio.wait_for(self.hurry.wait(), wait)
-            self.more.clear()
-            while step.sent_length < step.length:
-                next_at = loop.time() + interval
-                offset, text = step.unsent()
-                await self.runner.publish(
-                    "text_delta",
-                    message_sequence=step.message.sequence,
-                    offset=offset,
-                    text=text,
-                )
-            self.caught_up.set()
-            self.hurry.clear()
-
-    def add(self, piece: str) -> None:
-        # Kept before it is sent: a cancel that lands while the event is on its way
-        # (already in the log) must not leave the stored answer shorter than it.
-        self.step.add(piece)
-        self.caught_up.clear()
-        self.more.set()
-
-    async def flush(self) -> None:
-        """Return once every piece added so far has been published (at once: the wait
-        between deltas is skipped)."""
-        if self.caught_up.is_set():
-            return
-        self.hurry.set()
-        caught_up = asyncio.ensure_future(self.caught_up.wait())
-        try:
-            await asyncio.wait([caught_up, self.task], return_when=asyncio.FIRST_COMPLETED)
-        finally:
-            caught_up.cancel()
-        if self.task.done():
-            self.task.result()  # a failure of the sender is the step's failure
-
-    def stop(self) -> None:
-        self.task.cancel()
-
-
-class Checkpoints:
-    """Writes a streaming step's text to the database every ``CHAT_CHECKPOINT_SECONDS``,
-    counted from the end of the previous write, beside the stream: a slow database delays
-    the next checkpoint, never the next piece. At most one write is on its way; ``stop``
-    waits for it, so the step's final write always lands after it."""
-
-    def __init__(self, runner: TurnRunner, step: Step) -> None:
-        self.runner = runner
-        self.step = step
-        self.written = 0
-        self.writing: asyncio.Future[None] | None = None
-        self.task = asyncio.ensure_future(self.checkpoint_loop())
-
-    async def checkpoint_loop(self) -> None:
-        while True:
-            await asyncio.sleep(settings.CHAT_CHECKPOINT_SECONDS)
-            if self.step.length != self.written:
-                self.writing = asyncio.ensure_future(self.write())
-                await asyncio.shield(self.writing)
-
-    async def write(self) -> None:
-        length, text = self.step.length, "".join(self.step.text)
-        sequence = self.step.message.sequence
-        assert sequence is not None
-        try:
-            await db_sync_to_async(store.message_checkpoint)(
-                session_id=self.runner.sid, sequence=sequence, content=text
-            )
-        except StoreWriteError:
-            # The final write decides; a crash before it loses a little more text.
-            logger.warning("checkpoint of session %s failed", self.runner.sid, exc_info=True)
-        else:
-            self.written = length
-
-    async def stop(self) -> None:
-        self.task.cancel()
-        if self.writing is not None:
-            with contextlib.suppress(Exception, asyncio.CancelledError):
-                await self.writing
-
-
-class ModelCall:
-    """A model call read by a task of its own into a queue, so that it can start before
-    the turn that uses it (``sessions_app.turns.start``: the first call of a turn is made while
-    the turn's lease and messages are being written, and dropped if the turn does not
-    start). Iterate it once, like ``llm.stream_chat``; ``close`` stops the call."""
-
-    _END = object()
-
-    def __init__(self, messages: list[dict[str, Any]], tools: list[dict[str, Any]]) -> None:
-        self.items: asyncio.Queue[Any] = asyncio.Queue()
-        self.task = process.detached(self.read(messages, tools), "model call")
-
-    async def read(self, messages: list[dict[str, Any]], tools: list[dict[str, Any]]) -> None:
-        try:
-            async for item in llm.stream_chat(messages=messages, tools=tools or None):
-                self.items.put_nowait(item)
-        except Exception as exc:  # the reader's to raise, after what came before it
-            self.items.put_nowait(exc)
-        else:
-            self.items.put_nowait(self._END)
-
-    async def __aiter__(self) -> AsyncIterator[llm.StreamItem]:
-        while True:
-            item = await self.items.get()
-            if item is self._END:
-                return
-            if isinstance(item, Exception):
-                raise item
-            yield item
-
-    def close(self) -> None:
-        self.task.cancel()
-
-
-@dataclass(frozen=True)
-class FirstCall:
-    """What a turn prepared for its first model call before it started: the reply's empty
-    message, stored with the user's, and the call itself when the history it was made from
-    is still current (``None``: read the history again and call then)."""
-
-    reply: ChatMessageData
-    call: ModelCall | None
 
 
 class TurnRunner:
@@ -317,7 +139,7 @@ class TurnRunner:
                 self.step = Step(message=reply)
             call = llm.stream_chat(messages=messages, tools=tools or None)
         assert self.step is not None
-        await self.publish("message_created", message=message_out(self.step.message))
+        await self.publish("message_created", message=events.message_out(self.step.message))
         return call
 
     async def stream_step(self, tools: list[dict[str, Any]]) -> list[llm.ToolCallRequest]:
@@ -327,7 +149,7 @@ class TurnRunner:
         assert step is not None
         placeholder = step.message
         end: llm.StreamEnd | None = None
-        sender, checkpoints = TextSender(self, step), Checkpoints(self, step)
+        sender, checkpoints = TextSender(self.publish, step), Checkpoints(self.sid, step)
         try:
             async for item in call:
                 if isinstance(item, llm.TextDelta):
@@ -364,7 +186,7 @@ class TurnRunner:
         )
         if end.usage is not None and totals is not None:
             await self.usage_published(end.usage, totals)
-        await self.publish("message_updated", message=message_out(step.message))
+        await self.publish("message_updated", message=events.message_out(step.message))
         return calls
 
     async def record_usage(self, usage: Usage) -> None:
@@ -398,7 +220,7 @@ class TurnRunner:
         assert self.step is not None
         self.step.tool_messages = pending
         for message in pending:
-            await self.publish("message_created", message=message_out(message))
+            await self.publish("message_created", message=events.message_out(message))
         await asyncio.gather(*(self.run_tool(c, m) for c, m in zip(calls, pending, strict=True)))
 
     async def run_tool(self, call: llm.ToolCallRequest, message: ChatMessageData) -> None:
@@ -439,7 +261,7 @@ class TurnRunner:
             message, content=outcome.content, status="complete" if outcome.ok else "failed"
         )
         self.replace_tool_message(done)
-        await self.publish("tool_result", message=message_out(done))
+        await self.publish("tool_result", message=events.message_out(done))
 
     async def start_operation(
         self, call: llm.ToolCallRequest, message: ChatMessageData, arguments: Any
@@ -456,7 +278,7 @@ class TurnRunner:
             # The model reads why in the tool result; the user gets the error event too.
             done = await self.update(message, content=f"Error: {exc.message}", status="failed")
             self.replace_tool_message(done)
-            await self.publish("tool_result", message=message_out(done))
+            await self.publish("tool_result", message=events.message_out(done))
             await self.publish("error", code=exc.code, message=exc.message)
             return
         self.replace_tool_message(stored)
@@ -464,17 +286,17 @@ class TurnRunner:
         if created:
             await self.publish(
                 "operation_started",
-                operation=operations.operation_out(op),
-                message=message_out(stored),
+                operation=events.operation_out(op),
+                message=events.message_out(stored),
                 notice="This runs in the background: you can close this tab and come back.",
             )
         else:
             # The same work already runs: point at it instead of starting it twice.
             await self.publish(
                 "tool_result" if stored.status == "complete" else "message_updated",
-                message=message_out(stored),
+                message=events.message_out(stored),
             )
-            await self.publish("operation_in_progress", operation=operations.operation_out(op))
+            await self.publish("operation_in_progress", operation=events.operation_out(op))
 
     def replace_tool_message(self, done: ChatMessageData) -> None:
         assert self.step is not None
@@ -490,10 +312,91 @@ class TurnRunner:
         if step.message.status == "streaming":
             text = "".join(step.text)
             step.message = await self.update(step.message, content=text, status=status)
-            await self.publish("message_updated", message=message_out(step.message))
+            await self.publish("message_updated", message=events.message_out(step.message))
         for message in step.tool_messages:
             if message.status == "pending" and message.sequence not in self.operation_messages:
                 done = await self.update(
                     message, content=CANCELLED_TOOL_RESULT, status="interrupted"
                 )
-                await self.publish("tool_result", message=message_out(done))
+                await self.publish("tool_result", message=events.message_out(done))
+
+
+def turn_launch(turn: Turn) -> None:
+    """Run ``turn`` as a task of this process (it holds the session's lease already)."""
+    running_add(turn)
+    name = f"turn {turn.turn_id} of session {turn.session_id}"
+    turn.task = process.spawn(turn_run(turn), name)
+
+
+async def _keep_lease(turn: Turn) -> None:
+    """Renew the lease; stop the turn if it was taken away (this process was presumed dead)."""
+
+    async def renew() -> bool:
+        return bool(
+            await db_sync_to_async(leases.turn_lease_renew)(
+                session_id=turn.session_id, turn_id=turn.turn_id
+            )
+        )
+
+    def lost() -> None:
+        turn_cancel(turn.session_id, reason="interrupted")
+
+    await process.keep_renewing(renew, lost, f"turn {turn.turn_id}")
+
+
+async def _release(turn: Turn, event_seq: int | None = None) -> None:
+    await db_sync_to_async(leases.turn_lease_release)(
+        session_id=turn.session_id, turn_id=turn.turn_id, event_seq=event_seq
+    )
+
+
+async def turn_run(turn: Turn) -> None:
+    """Run ``turn`` to its end, holding its lease, and publish how it ended."""
+    runner = TurnRunner(
+        turn.session_id, turn.owner_id, turn.turn_id, turn.notice, first_call=turn.first_call
+    )
+    helpers = [
+        asyncio.ensure_future(_keep_lease(turn)),
+        asyncio.ensure_future(hear_cancels(turn)),
+    ]
+    status = "failed"
+    try:
+        await runner.publish("turn_started")
+        status = await runner.run()
+    except asyncio.CancelledError:
+        status = turn.stop_reason
+        await runner.close_step("interrupted")
+    except (llm.ModelError, Refused) as exc:
+        # A model error, or a refusal of the request before the model saw it (the history
+        # does not fit the context window): the error's code tells the user which.
+        await runner.close_step("failed")
+        fields: dict[str, Any] = {"code": exc.code, "message": exc.message}
+        if exc.retry_after is not None:
+            fields["retry_after"] = exc.retry_after
+        await runner.publish("error", **fields)
+    except SessionNotFound:
+        logger.info("session %s was deleted during turn %s", turn.session_id, turn.turn_id)
+        status = "session_deleted"
+    except Exception:
+        logger.exception("turn %s of session %s failed", turn.turn_id, turn.session_id)
+        try:
+            await runner.close_step("failed")
+        finally:
+            await runner.publish(
+                "error", code="internal_error", message="The server failed to finish the reply."
+            )
+    finally:
+        for helper in helpers:
+            helper.cancel()
+        # The session is free before turn_finished says so: a client that sends the moment
+        # it sees turn_finished must not be told that a turn is in progress.
+        try:
+            # With the event seq floor: the turn_finished event below passes it by one.
+            await _release(turn, runner.last_seq)
+        except Exception:
+            logger.warning("could not release turn %s; its lease expires", turn.turn_id)
+        finally:
+            running_remove(turn)
+        await runner.publish("turn_finished", status=status, turn_usage=runner.usage.model_dump())
+    if status == "completed":
+        process.spawn(title_make(turn.session_id), "title")
