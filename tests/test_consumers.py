@@ -179,14 +179,14 @@ async def test_a_cancel_landing_while_a_delta_is_published_keeps_that_delta(
     real_publish = turn_runner.events.event_publish
     deltas = {"n": 0}
 
-    async def cancel_in_flight(sid: uuid.UUID, event_type: str, **fields: Any) -> Any:
-        event = await real_publish(sid, event_type, **fields)
-        if event_type == "text_delta":
+    async def cancel_in_flight(sid: uuid.UUID, event: Any) -> Any:
+        seq = await real_publish(sid, event)
+        if event.type == "text_delta":
             deltas["n"] += 1
             if deltas["n"] == 5:
                 turns.turn_cancel(sid)
                 await asyncio.sleep(0)  # the cancel arrives here, inside the publish
-        return event
+        return seq
 
     monkeypatch.setattr(turn_runner.events, "event_publish", cancel_in_flight)
     socket = await open_socket(owner, session_id)
@@ -267,11 +267,11 @@ async def test_pieces_arriving_while_a_delta_is_on_its_way_go_out_together(
         if pieces["wanted"] and pieces["n"] >= pieces["wanted"]:
             twelve_more.set()
 
-    async def first_delta_held(sid: uuid.UUID, event_type: str, **fields: Any) -> Any:
-        if event_type == "text_delta" and fields["offset"] == 0:
+    async def first_delta_held(sid: uuid.UUID, event: Any) -> Any:
+        if event.type == "text_delta" and event.offset == 0:
             pieces["wanted"] = pieces["n"] + 12
             await twelve_more.wait()
-        return await real_publish(sid, event_type, **fields)
+        return await real_publish(sid, event)
 
     monkeypatch.setattr(turn_runner.TextSender, "add", counting_add)
     monkeypatch.setattr(turn_runner.events, "event_publish", first_delta_held)

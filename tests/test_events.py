@@ -13,6 +13,8 @@ from channels.layers import get_channel_layer
 from django.test import override_settings
 
 from sessions_app import events, store
+from sessions_app.events import frames
+from sessions_app.events.log import frame_text
 
 pytestmark = pytest.mark.django_db(transaction=True)
 
@@ -42,17 +44,15 @@ async def test_the_logs_script_publishes_what_group_send_would_and_the_layer_hea
     channel = await layer.new_channel()
     await layer.group_add(events.group_name(session_id), channel)
     text = 'ünïcode "quoted" \\ {braces} ' + "x" * 300  # escapes, multi-byte, > 255 bytes
-    event = await events.event_publish(session_id, "text_delta", offset=0, text=text)
-    assert event is not None
+    delta = frames.TextDelta(message_sequence=2, offset=0, text=text)
+    seq = await events.event_publish(session_id, delta)
+    assert seq is not None
     received = await asyncio.wait_for(layer.receive(channel), 5)
-    assert received == {"type": "session.event", "seq": event["seq"], "frame": json.dumps(event)}
-    assert json.loads(received["frame"]) == {
-        "type": "text_delta",
-        "offset": 0,
-        "text": text,
-        "seq": event["seq"],
-    }
-    assert await events.events_since(session_id, event["seq"] - 1) == [event]
+    frame = frame_text(delta.encode(), seq)
+    assert received == {"type": "session.event", "seq": seq, "frame": frame}
+    expected = {"type": "text_delta", "message_sequence": 2, "offset": 0, "text": text, "seq": seq}
+    assert json.loads(received["frame"]) == expected
+    assert await events.events_since(session_id, seq - 1) == [expected]
     await layer.flush()
 
 
@@ -64,9 +64,12 @@ async def test_concurrent_events_arrive_in_seq_order_without_waiting_for_each_ot
     channel = await layer.new_channel()
     await layer.group_add(events.group_name(session_id), channel)
     published = await asyncio.gather(
-        *(events.event_publish(session_id, "tool_progress", n=n) for n in range(100))
+        *(
+            events.event_publish(session_id, frames.TitleUpdated(title=f"title {n}"))
+            for n in range(100)
+        )
     )
-    seqs = sorted(e["seq"] for e in published if e is not None)
+    seqs = sorted(seq for seq in published if seq is not None)
     received = [await asyncio.wait_for(layer.receive(channel), 5) for _ in range(100)]
     # Redis runs the scripts one at a time, so their PUBLISHes reach the subscriber in order.
     assert [m["seq"] for m in received] == seqs == list(range(seqs[0], seqs[0] + 100))

@@ -56,7 +56,9 @@ class EventLog(Protocol):
     # Whether ``append`` also sends the event to the session's group (else the caller does).
     publishes_live: bool
 
-    async def append(self, session_id: uuid.UUID, event: Event) -> int: ...
+    async def append(self, session_id: uuid.UUID, payload: str) -> int:
+        """Log ``payload`` (an event's JSON text, without ``seq``); return its ``seq``."""
+        ...
 
     async def since(self, session_id: uuid.UUID, after: int) -> list[Event] | None: ...
 
@@ -88,8 +90,7 @@ class MemoryEventLog:
             with self._lock:
                 self._counters.setdefault(session_id, floor)
 
-    async def append(self, session_id: uuid.UUID, event: Event) -> int:
-        payload = json.dumps(event)
+    async def append(self, session_id: uuid.UUID, payload: str) -> int:
         await self._counter_ready(session_id)
         with self._lock:
             seq = self._counters[session_id] + 1
@@ -159,6 +160,12 @@ return seq
 """
 
 
+def frame_text(payload: str, seq: int) -> str:
+    """The frame of a logged event: its payload with ``"seq"`` added last (what the append
+    script publishes, too)."""
+    return f'{payload[:-1]}, "seq": {seq}}}'
+
+
 def _entry_seq(entry_id: bytes) -> int:
     """The seq of a Stream entry: its id is ``<seq>-1``."""
     return int(entry_id.split(b"-")[0])
@@ -185,8 +192,7 @@ class RedisEventLog:
         base = f"{settings.CHAT_CACHE_PREFIX}:events:v1:{session_id}"
         return [f"{base}:seq", f"{base}:log"]
 
-    async def append(self, session_id: uuid.UUID, event: Event) -> int:
-        payload = json.dumps(event)
+    async def append(self, session_id: uuid.UUID, payload: str) -> int:
         keys = self._keys(session_id)
         live = "" if self.live_prefix is None else live_channel(self.live_prefix, session_id)
         run = self._appends.run

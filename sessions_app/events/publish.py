@@ -10,59 +10,56 @@ from __future__ import annotations
 
 import asyncio
 import concurrent.futures
-import json
 import logging
 import uuid
-from typing import Any
 
 from channels.layers import get_channel_layer
 
 from sessions_app import process, store
 from sessions_app.events.channels_redis_live import group_name
-from sessions_app.events.log import Event, event_log
+from sessions_app.events.frames import SessionEvent
+from sessions_app.events.log import Event, event_log, frame_text
 from sessions_app.infra.db import db_sync_to_async
 
 logger = logging.getLogger(__name__)
 
 
-async def event_publish(session_id: uuid.UUID, event_type: str, **fields: Any) -> Event | None:
-    """Number an event, log it, and send it to every socket of the session.
+async def event_publish(session_id: uuid.UUID, event: SessionEvent) -> int | None:
+    """Number an event, log it, and send it to every socket of the session; its ``seq``.
 
     Call after the database change it describes has committed. Never raises for a log or
     layer failure: the database holds the truth, and clients repair what they missed with
-    ``resume``. Returns the event as published, or ``None`` when it could not be logged.
+    ``resume``. Returns ``None`` when the event could not be logged (then it was not sent).
     """
-    event: Event = {"type": event_type, **fields}
+    payload = event.encode()  # the frame's text is made once, for the log and every socket
     log = event_log()
     try:
-        seq = await log.append(session_id, event)
+        seq = await log.append(session_id, payload)
     except Exception:
         logger.warning(
-            "could not log %s event of session %s", event_type, session_id, exc_info=True
+            "could not log %s event of session %s", event.type, session_id, exc_info=True
         )
         return None
-    event["seq"] = seq
     layer = get_channel_layer()
     if layer is not None and not log.publishes_live:
         try:
-            # The frame's text is made once here, not once per socket that relays it.
-            message = {"type": "session.event", "seq": seq, "frame": json.dumps(event)}
+            message = {"type": "session.event", "seq": seq, "frame": frame_text(payload, seq)}
             await layer.group_send(group_name(session_id), message)
         except Exception:
             logger.warning(
                 "could not send event %s of session %s live", seq, session_id, exc_info=True
             )
-    return event
+    return seq
 
 
-def event_publish_sync(session_id: uuid.UUID, event_type: str, **fields: Any) -> Event | None:
+def event_publish_sync(session_id: uuid.UUID, event: SessionEvent) -> int | None:
     """``event_publish`` for synchronous code (the admin, management commands).
 
     The event goes out from the process's home loop when it has one, so the in-memory layer
     of the embedded default (bound to that loop) delivers it; otherwise from a loop of its
     own in a helper thread, so no database connection of the caller's thread is touched.
     """
-    coro = event_publish(session_id, event_type, **fields)
+    coro = event_publish(session_id, event)
     home = process.home_loop()
     if home is not None and home.is_running():
         return asyncio.run_coroutine_threadsafe(coro, home).result(timeout=30)

@@ -26,6 +26,7 @@ from django.dispatch import receiver
 from django.tasks import task
 
 from sessions_app import events, process, store
+from sessions_app.events import frames
 from sessions_app.infra.db import db_sync_to_async
 from sessions_app.model import client as llm
 from sessions_app.models import Operation
@@ -77,25 +78,25 @@ def _queue_task(sender: Any, *, operation_id: uuid.UUID, **kwargs: Any) -> None:
 # --- publishing ------------------------------------------------------------------------------
 
 
-def _outcome(op: Operation, message: ChatMessageData | None) -> tuple[str, dict[str, Any]]:
-    kind = "operation_completed" if op.status == Operation.Status.SUCCEEDED else "operation_failed"
-    fields = {
-        "operation": events.operation_out(op),
-        "message": events.message_out(message) if message is not None else None,
-    }
-    return kind, fields
+def _outcome(op: Operation, message: ChatMessageData | None) -> frames.SessionEvent:
+    """``operation_completed`` / ``operation_failed`` with the operation and its message."""
+    kind = (
+        frames.OperationCompleted
+        if op.status == Operation.Status.SUCCEEDED
+        else frames.OperationFailed
+    )
+    shown = events.message_out(message) if message is not None else None
+    return kind(operation=events.operation_out(op), message=shown)
 
 
 async def publish_outcome(op: Operation, message: ChatMessageData | None) -> None:
-    """``operation_completed`` / ``operation_failed`` with the operation and its message."""
-    kind, fields = _outcome(op, message)
-    await events.event_publish(op.session_id, kind, **fields)
+    """Publish how an operation ended."""
+    await events.event_publish(op.session_id, _outcome(op, message))
 
 
 def publish_outcome_sync(op: Operation, message: ChatMessageData | None) -> None:
     """``publish_outcome`` for synchronous code (the admin)."""
-    kind, fields = _outcome(op, message)
-    events.event_publish_sync(op.session_id, kind, **fields)
+    events.event_publish_sync(op.session_id, _outcome(op, message))
 
 
 async def publish_recovery(recovery: Recovery) -> None:
@@ -105,7 +106,7 @@ async def publish_recovery(recovery: Recovery) -> None:
         return
     if recovery.action == "requeued":
         await events.event_publish(
-            op.session_id, "operation_in_progress", operation=events.operation_out(op)
+            op.session_id, frames.OperationInProgress(operation=events.operation_out(op))
         )
     elif recovery.action == "failed":
         await publish_outcome(op, recovery.message)
@@ -167,7 +168,7 @@ async def run_operation(operation_id: str) -> str:
         if op is None:
             return "skipped"
         await events.event_publish(
-            op.session_id, "operation_in_progress", operation=events.operation_out(op)
+            op.session_id, frames.OperationInProgress(operation=events.operation_out(op))
         )
         return await _OperationRun(op, owner).run()
     finally:
@@ -197,9 +198,10 @@ class _OperationRun:
             )
             if updated is not None:
                 self.op = updated
-        payload = events.operation_out(self.op)
-        payload.update(progress=fraction, progress_text=text)
-        await events.event_publish(self.op.session_id, "operation_in_progress", operation=payload)
+        shown = events.operation_out(self.op).model_copy(
+            update={"progress": fraction, "progress_text": text}
+        )
+        await events.event_publish(self.op.session_id, frames.OperationInProgress(operation=shown))
 
     async def complete(self, messages: list[dict[str, Any]]) -> str:
         text, usage = await llm.complete_text(messages=messages)

@@ -285,7 +285,8 @@ async def session_events(request: HttpRequest, owner_id: int, session_id: str) -
     query = _validated(EventsQuery, request.GET.dict(), "query")
     feed = await feed_since(sid, owner_id, query.after)
     if feed.events is None:
-        return JsonResponse({"snapshot": feed.snapshot})
+        assert feed.snapshot is not None
+        return JsonResponse({"snapshot": feed.snapshot.as_json()})
     return JsonResponse({"events": feed.events})
 
 

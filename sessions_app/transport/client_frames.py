@@ -1,13 +1,12 @@
-"""The websocket protocol's client frames and socket-local server frames (docs/protocol.md).
+"""The websocket protocol's client frames (docs/protocol.md): their shapes and their parsing.
 
-Session events (with ``seq``) are built by ``turns`` and published by ``events``; the frames
-here are the ones a single socket exchanges with the server.
+What the server sends is in ``events.frames``.
 """
 
 from __future__ import annotations
 
 import json
-from typing import Annotated, Any, Literal
+from typing import Annotated, Literal
 
 from pydantic import BaseModel, ConfigDict, Field, StringConstraints
 
@@ -85,38 +84,3 @@ def frame_parse(text: str | None, *, max_bytes: int) -> ClientFrameModel:
         raise Refused(
             "invalid_frame", f"Invalid {kind} frame: {summary}", details=details
         ) from None
-
-
-class ErrorFrame(BaseModel):
-    """A socket-local error: this frame was refused; the socket stays open."""
-
-    type: Literal["error"] = "error"
-    code: str
-    message: str
-    retry_after: float | None = None
-    details: list[dict[str, Any]] | None = None
-
-
-class AckFrame(BaseModel):
-    type: Literal["ack"] = "ack"
-    of: Literal["send", "cancel"]
-    client_message_id: str | None = None
-    message_sequence: int | None = None
-    duplicate: bool = False
-
-
-class PongFrame(BaseModel):
-    type: Literal["pong"] = "pong"
-    id: str | None = None
-    last_seq: int
-
-
-class HelloFrame(BaseModel):
-    """The first frame on every socket: who the model is and the limits that apply."""
-
-    type: Literal["hello"] = "hello"
-    session_id: str
-    model: str
-    offline_demo: bool
-    max_frame_bytes: int
-    max_message_chars: int

@@ -26,15 +26,12 @@ from pydantic import BaseModel
 
 from sessions_app import events, limits, process, store, turns
 from sessions_app.errors import LimitExceeded, Refused, SessionNotFound, StoreWriteError
+from sessions_app.events.frames import AckFrame, ErrorFrame, HelloFrame, PongFrame, SocketFrame
 from sessions_app.infra.db import db_sync_to_async
 from sessions_app.model.client import model_info
 from sessions_app.transport.client_frames import (
-    AckFrame,
     CancelFrame,
-    ErrorFrame,
-    HelloFrame,
     PingFrame,
-    PongFrame,
     ResumeFrame,
     SendFrame,
     frame_parse,
@@ -195,8 +192,8 @@ class ChatConsumer(AsyncWebsocketConsumer):
         """Send every event after ``delivered``, or a snapshot when the log cannot."""
         feed = await feed_since(self.session_id, self.owner_id, self.delivered)
         if feed.snapshot is not None:
-            self.delivered = feed.snapshot["seq"]
-            await self.send_text(json.dumps(feed.snapshot))
+            self.delivered = feed.snapshot.seq
+            await self.send_text(feed.snapshot.encode())
         else:
             await self.send_events(feed.events or [])
 
@@ -232,8 +229,8 @@ class ChatConsumer(AsyncWebsocketConsumer):
         except _SOCKET_CLOSED as exc:
             logger.debug("frame for a closed socket dropped: %s", exc)
 
-    async def send_shape(self, shape: BaseModel) -> None:
-        await self.send_text(shape.model_dump_json(exclude_none=True))
+    async def send_shape(self, frame: SocketFrame) -> None:
+        await self.send_text(frame.encode())
 
     async def send_error(self, code: str, message: str, **extra: Any) -> None:
         await self.send_shape(ErrorFrame(code=code, message=message, **extra))

@@ -13,9 +13,10 @@ checkpoint is not in the database yet: it is taken from the deltas the log still
 from __future__ import annotations
 
 import uuid
-from typing import Any, NamedTuple
+from typing import NamedTuple
 
 from sessions_app import events, operations, store
+from sessions_app.events import frames
 from sessions_app.infra.db import db_sync_to_async
 from sessions_app.model.client import model_info
 from sessions_app.schemas import ChatMessageData
@@ -47,7 +48,7 @@ def _with_deltas(messages: list[ChatMessageData], log: list[events.Event], head:
             message.content = updated
 
 
-async def snapshot_build(session_id: uuid.UUID, owner_id: int) -> dict[str, Any]:
+async def snapshot_build(session_id: uuid.UUID, owner_id: int) -> frames.Snapshot:
     """The ``snapshot`` frame of a session. Raises ``SessionNotFound``."""
     head = await events.event_head(session_id)
     state = await db_sync_to_async(store.session_get)(session_id=session_id, owner_id=owner_id)
@@ -56,28 +57,27 @@ async def snapshot_build(session_id: uuid.UUID, owner_id: int) -> dict[str, Any]
     ops = await db_sync_to_async(operations.operations_of)(session_id=session_id)
     live_turn = await db_sync_to_async(leases.turn_lease_live)(session_id=session_id)
     info = model_info()
-    return {
-        "type": "snapshot",
-        "seq": head,
-        "session": {
-            "id": str(state.id),
-            "title": state.title,
-            "usage": state.usage.model_dump(),
-            "message_count": state.last_sequence,
-        },
-        "messages": [events.message_out(m) for m in messages],
-        "running": live_turn is not None,
-        "turn_id": str(live_turn) if live_turn else None,
-        "operations": [events.operation_out(op) for op in ops],
-        "model": {"name": info.name, "offline_demo": info.offline_demo},
-    }
+    return frames.Snapshot(
+        seq=head,
+        session=frames.SnapshotSession(
+            id=str(state.id),
+            title=state.title,
+            usage=state.usage,
+            message_count=state.last_sequence,
+        ),
+        messages=[events.message_out(m) for m in messages],
+        running=live_turn is not None,
+        turn_id=str(live_turn) if live_turn else None,
+        operations=[events.operation_out(op) for op in ops],
+        model=frames.ModelOut(name=info.name, offline_demo=info.offline_demo),
+    )
 
 
 class Feed(NamedTuple):
     """What a client missed: ``events`` after its cursor in order, or else a ``snapshot``."""
 
     events: list[events.Event] | None
-    snapshot: dict[str, Any] | None
+    snapshot: frames.Snapshot | None
 
 
 async def feed_since(session_id: uuid.UUID, owner_id: int, after: int | None) -> Feed:

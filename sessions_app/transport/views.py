@@ -139,7 +139,7 @@ async def chat(request: HttpRequest, session_id: uuid.UUID) -> HttpResponse:
     owner_id = user.pk
     assert isinstance(owner_id, int)
     try:
-        snapshot = await snapshot_build(session_id, owner_id)
+        snapshot = (await snapshot_build(session_id, owner_id)).as_json()
     except SessionNotFound:
         return await sync_to_async(not_found)(request)
     sidebar = await sync_to_async(store.session_list)(owner_id=owner_id, page=1)

@@ -8,7 +8,9 @@ import logging
 import uuid
 
 from sessions_app import events, store
+from sessions_app.events import frames
 from sessions_app.infra.db import db_sync_to_async
+from sessions_app.schemas import Usage
 from sessions_app.store import leases
 from sessions_app.turns.registry import turn_running
 
@@ -27,17 +29,16 @@ async def turn_recover(session_id: uuid.UUID, turn_id: uuid.UUID) -> bool:
     )
     logger.warning("turn %s of session %s was stale: interrupted", turn_id, session_id)
     for message in changed:
-        kind = "tool_result" if message.role == "tool" else "message_updated"
-        await events.event_publish(
-            session_id, kind, message=events.message_out(message), turn_id=str(turn_id)
+        shown = events.message_out(message)
+        event = (
+            frames.ToolResult(message=shown)
+            if message.role == "tool"
+            else frames.MessageUpdated(message=shown)
         )
-    await events.event_publish(
-        session_id,
-        "turn_finished",
-        status="interrupted",
-        turn_id=str(turn_id),
-        turn_usage={"prompt_tokens": 0, "completion_tokens": 0, "total_tokens": 0},
-    )
+        event.turn_id = str(turn_id)
+        await events.event_publish(session_id, event)
+    finished = frames.TurnFinished(status="interrupted", turn_usage=Usage(), turn_id=str(turn_id))
+    await events.event_publish(session_id, finished)
     return True
 
 

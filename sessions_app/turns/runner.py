@@ -18,6 +18,7 @@ from django.conf import settings
 
 from sessions_app import events, operations, process, store
 from sessions_app.errors import LimitExceeded, Refused, SessionNotFound
+from sessions_app.events import frames
 from sessions_app.infra.db import db_sync_to_async
 from sessions_app.model import client as llm
 from sessions_app.model import context_window
@@ -68,12 +69,12 @@ class TurnRunner:
         # Tool messages that belong to operations: they stay pending when the turn ends.
         self.operation_messages: set[int | None] = set()
 
-    async def publish(self, event_type: str, **fields: Any) -> None:
-        event = await events.event_publish(
-            self.sid, event_type, turn_id=str(self.turn_id), **fields
-        )
-        if event is not None:
-            self.last_seq = event["seq"]
+    async def publish(self, event: frames.SessionEvent) -> None:
+        """Publish an event of this turn (it carries the turn's id)."""
+        event.turn_id = str(self.turn_id)
+        seq = await events.event_publish(self.sid, event)
+        if seq is not None:
+            self.last_seq = seq
 
     async def update(self, message: ChatMessageData, **changes: Any) -> ChatMessageData:
         assert message.sequence is not None
@@ -94,22 +95,24 @@ class TurnRunner:
             spent = self.usage.total_tokens
             if spent >= settings.CHAT_TURN_MAX_TOKENS:
                 await self.publish(
-                    "error",
-                    code="token_limit",
-                    message=(
-                        f"This reply used {spent} tokens, over the limit of "
-                        f"{settings.CHAT_TURN_MAX_TOKENS} for one turn; it was stopped. "
-                        "Send another message to continue."
-                    ),
+                    frames.ErrorEvent(
+                        code="token_limit",
+                        message=(
+                            f"This reply used {spent} tokens, over the limit of "
+                            f"{settings.CHAT_TURN_MAX_TOKENS} for one turn; it was stopped. "
+                            "Send another message to continue."
+                        ),
+                    )
                 )
                 return "token_limit"
         await self.publish(
-            "error",
-            code="step_limit",
-            message=(
-                f"The model asked for tools {settings.CHAT_TURN_MAX_STEPS} times in a row; "
-                "the turn was stopped. Send another message to continue."
-            ),
+            frames.ErrorEvent(
+                code="step_limit",
+                message=(
+                    f"The model asked for tools {settings.CHAT_TURN_MAX_STEPS} times in a row; "
+                    "the turn was stopped. Send another message to continue."
+                ),
+            )
         )
         return "step_limit"
 
@@ -139,7 +142,7 @@ class TurnRunner:
                 self.step = Step(message=reply)
             call = llm.stream_chat(messages=messages, tools=tools or None)
         assert self.step is not None
-        await self.publish("message_created", message=events.message_out(self.step.message))
+        await self.publish(frames.MessageCreated(message=events.message_out(self.step.message)))
         return call
 
     async def stream_step(self, tools: list[dict[str, Any]]) -> list[llm.ToolCallRequest]:
@@ -157,9 +160,9 @@ class TurnRunner:
                 elif isinstance(item, llm.ToolCallRequest):
                     await sender.flush()
                     await self.publish(
-                        "tool_call",
-                        message_sequence=placeholder.sequence,
-                        tool_call=item.as_openai(),
+                        frames.ToolCall(
+                            message_sequence=placeholder.sequence, tool_call=item.as_openai()
+                        )
                     )
                 else:
                     end = item
@@ -186,7 +189,7 @@ class TurnRunner:
         )
         if end.usage is not None and totals is not None:
             await self.usage_published(end.usage, totals)
-        await self.publish("message_updated", message=events.message_out(step.message))
+        await self.publish(frames.MessageUpdated(message=events.message_out(step.message)))
         return calls
 
     async def record_usage(self, usage: Usage) -> None:
@@ -202,10 +205,7 @@ class TurnRunner:
             completion_tokens=self.usage.completion_tokens + usage.completion_tokens,
         )
         await self.publish(
-            "usage",
-            usage=usage.model_dump(),
-            turn_usage=self.usage.model_dump(),
-            session_usage=totals.model_dump(),
+            frames.UsageReported(usage=usage, turn_usage=self.usage, session_usage=totals)
         )
 
     async def run_tools(self, calls: list[llm.ToolCallRequest]) -> None:
@@ -220,7 +220,7 @@ class TurnRunner:
         assert self.step is not None
         self.step.tool_messages = pending
         for message in pending:
-            await self.publish("message_created", message=events.message_out(message))
+            await self.publish(frames.MessageCreated(message=events.message_out(message)))
         await asyncio.gather(*(self.run_tool(c, m) for c, m in zip(calls, pending, strict=True)))
 
     async def run_tool(self, call: llm.ToolCallRequest, message: ChatMessageData) -> None:
@@ -236,11 +236,12 @@ class TurnRunner:
 
         async def progress(fraction: float | None, text: str) -> None:
             await self.publish(
-                "tool_progress",
-                message_sequence=message.sequence,
-                tool_call_id=call.id,
-                fraction=fraction,
-                text=text,
+                frames.ToolProgress(
+                    message_sequence=message.sequence,
+                    tool_call_id=call.id,
+                    fraction=fraction,
+                    text=text,
+                )
             )
 
         async def complete(messages: list[dict[str, Any]]) -> str:
@@ -261,7 +262,7 @@ class TurnRunner:
             message, content=outcome.content, status="complete" if outcome.ok else "failed"
         )
         self.replace_tool_message(done)
-        await self.publish("tool_result", message=events.message_out(done))
+        await self.publish(frames.ToolResult(message=events.message_out(done)))
 
     async def start_operation(
         self, call: llm.ToolCallRequest, message: ChatMessageData, arguments: Any
@@ -278,25 +279,28 @@ class TurnRunner:
             # The model reads why in the tool result; the user gets the error event too.
             done = await self.update(message, content=f"Error: {exc.message}", status="failed")
             self.replace_tool_message(done)
-            await self.publish("tool_result", message=events.message_out(done))
-            await self.publish("error", code=exc.code, message=exc.message)
+            await self.publish(frames.ToolResult(message=events.message_out(done)))
+            await self.publish(frames.ErrorEvent(code=exc.code, message=exc.message))
             return
         self.replace_tool_message(stored)
         self.operation_messages.add(stored.sequence)
         if created:
             await self.publish(
-                "operation_started",
-                operation=events.operation_out(op),
-                message=events.message_out(stored),
-                notice="This runs in the background: you can close this tab and come back.",
+                frames.OperationStarted(
+                    operation=events.operation_out(op),
+                    message=events.message_out(stored),
+                    notice="This runs in the background: you can close this tab and come back.",
+                )
             )
         else:
             # The same work already runs: point at it instead of starting it twice.
+            shown = events.message_out(stored)
             await self.publish(
-                "tool_result" if stored.status == "complete" else "message_updated",
-                message=events.message_out(stored),
+                frames.ToolResult(message=shown)
+                if stored.status == "complete"
+                else frames.MessageUpdated(message=shown)
             )
-            await self.publish("operation_in_progress", operation=events.operation_out(op))
+            await self.publish(frames.OperationInProgress(operation=events.operation_out(op)))
 
     def replace_tool_message(self, done: ChatMessageData) -> None:
         assert self.step is not None
@@ -312,13 +316,13 @@ class TurnRunner:
         if step.message.status == "streaming":
             text = "".join(step.text)
             step.message = await self.update(step.message, content=text, status=status)
-            await self.publish("message_updated", message=events.message_out(step.message))
+            await self.publish(frames.MessageUpdated(message=events.message_out(step.message)))
         for message in step.tool_messages:
             if message.status == "pending" and message.sequence not in self.operation_messages:
                 done = await self.update(
                     message, content=CANCELLED_TOOL_RESULT, status="interrupted"
                 )
-                await self.publish("tool_result", message=events.message_out(done))
+                await self.publish(frames.ToolResult(message=events.message_out(done)))
 
 
 def turn_launch(turn: Turn) -> None:
@@ -361,7 +365,7 @@ async def turn_run(turn: Turn) -> None:
     ]
     status = "failed"
     try:
-        await runner.publish("turn_started")
+        await runner.publish(frames.TurnStarted())
         status = await runner.run()
     except asyncio.CancelledError:
         status = turn.stop_reason
@@ -370,10 +374,9 @@ async def turn_run(turn: Turn) -> None:
         # A model error, or a refusal of the request before the model saw it (the history
         # does not fit the context window): the error's code tells the user which.
         await runner.close_step("failed")
-        fields: dict[str, Any] = {"code": exc.code, "message": exc.message}
-        if exc.retry_after is not None:
-            fields["retry_after"] = exc.retry_after
-        await runner.publish("error", **fields)
+        await runner.publish(
+            frames.ErrorEvent(code=exc.code, message=exc.message, retry_after=exc.retry_after)
+        )
     except SessionNotFound:
         logger.info("session %s was deleted during turn %s", turn.session_id, turn.turn_id)
         status = "session_deleted"
@@ -383,7 +386,9 @@ async def turn_run(turn: Turn) -> None:
             await runner.close_step("failed")
         finally:
             await runner.publish(
-                "error", code="internal_error", message="The server failed to finish the reply."
+                frames.ErrorEvent(
+                    code="internal_error", message="The server failed to finish the reply."
+                )
             )
     finally:
         for helper in helpers:
@@ -397,6 +402,6 @@ async def turn_run(turn: Turn) -> None:
             logger.warning("could not release turn %s; its lease expires", turn.turn_id)
         finally:
             running_remove(turn)
-        await runner.publish("turn_finished", status=status, turn_usage=runner.usage.model_dump())
+        await runner.publish(frames.TurnFinished(status=status, turn_usage=runner.usage))
     if status == "completed":
         process.spawn(title_make(turn.session_id), "title")

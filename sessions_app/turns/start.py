@@ -24,6 +24,7 @@ from django.db import transaction
 
 from sessions_app import events, limits, process, store
 from sessions_app.errors import Refused
+from sessions_app.events import frames
 from sessions_app.infra.db import db_sync_to_async
 from sessions_app.model import context_window
 from sessions_app.schemas import ChatMessageData
@@ -114,15 +115,13 @@ async def turn_start(
         message = begun.message
         if not begun.created:
             return TurnStart(message=message, duplicate=True, turn_id=None)
-        first = await events.event_publish(
-            session_id,
-            "message_created",
-            message=events.message_out(message),
-            turn_id=str(turn.turn_id),
+        created = frames.MessageCreated(
+            message=events.message_out(message), turn_id=str(turn.turn_id)
         )
+        first = await events.event_publish(session_id, created)
         if first is not None and (prepared is None or prepared.event_floor == 0):
             # A session's first floor; later ones are saved as its turns end.
-            process.spawn(events.event_floor_save(session_id, first["seq"]), "event floor")
+            process.spawn(events.event_floor_save(session_id, first), "event floor")
         if begun.followers:
             # Only a call made from the history as stored: if it changed meanwhile (a dead
             # turn's work was finished first, or a message came from elsewhere), the turn

@@ -15,6 +15,7 @@ from django.conf import settings
 
 from sessions_app import process, store
 from sessions_app.errors import StoreWriteError
+from sessions_app.events import frames
 from sessions_app.infra.db import db_sync_to_async
 from sessions_app.model import client as llm
 from sessions_app.schemas import ChatMessageData
@@ -25,7 +26,7 @@ logger = logging.getLogger(__name__)
 class Publish(Protocol):
     """Publishes one event of the turn (``TurnRunner.publish``)."""
 
-    def __call__(self, event_type: str, **fields: Any) -> Awaitable[None]: ...
+    def __call__(self, event: frames.SessionEvent) -> Awaitable[None]: ...
 
 
 def empty_reply() -> ChatMessageData:
@@ -94,10 +95,9 @@ class TextSender:
                 next_at = loop.time() + interval
                 offset, text = step.unsent()
                 await self.publish(
-                    "text_delta",
-                    message_sequence=step.message.sequence,
-                    offset=offset,
-                    text=text,
+                    frames.TextDelta(
+                        message_sequence=step.message.sequence, offset=offset, text=text
+                    )
                 )
             self.caught_up.set()
             self.hurry.clear()

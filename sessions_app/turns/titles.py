@@ -9,6 +9,7 @@ from django.conf import settings
 
 from sessions_app import events, store
 from sessions_app.errors import SessionNotFound
+from sessions_app.events import frames
 from sessions_app.infra.db import db_sync_to_async
 from sessions_app.model import client as llm
 
@@ -39,7 +40,7 @@ async def title_make(session_id: uuid.UUID) -> None:
         if await db_sync_to_async(store.session_title_set_if_empty)(
             session_id=session_id, title=title
         ):
-            await events.event_publish(session_id, "title_updated", title=title)
+            await events.event_publish(session_id, frames.TitleUpdated(title=title))
     except SessionNotFound:
         return
     except Exception:

@@ -14,7 +14,8 @@ from collections.abc import Callable
 from typing import Any
 
 from sessions_app.errors import Refused
-from sessions_app.transport.client_frames import ClientFrameModel, ErrorFrame, frame_parse
+from sessions_app.events.frames import ErrorFrame
+from sessions_app.transport.client_frames import ClientFrameModel, frame_parse
 
 # Every code frame_parse may raise (docs/protocol.md#error-codes).
 PARSER_CODES = frozenset(
