@@ -222,7 +222,7 @@ async def test_rename(
 async def test_send(
     api: AsyncClient, fuzzed_session: uuid.UUID, body: bytes, content_type: str
 ) -> None:
-    # A valid message starts a real turn: not what this test is about (tests/test_api.py).
+    # A valid message starts a real turn: not what this test is about (tests/transport/test_api.py).
     assume(not starts_a_turn(body))
     response = await check(
         api,

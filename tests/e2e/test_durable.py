@@ -1,6 +1,6 @@
 """End to end: work outlives sockets. One real daphne process, real websockets, both passes.
 
-The tests that kill or restart processes are in ``test_e2e_processes.py``.
+The tests that kill or restart processes are in ``e2e/test_processes.py``.
 """
 
 from __future__ import annotations
@@ -13,7 +13,7 @@ from typing import Any
 import pytest
 from channels.db import database_sync_to_async
 
-from tests.e2e import FAST_LEASES, SCRIPT, db_view, is_final, new_session, normalized
+from tests.e2e.support import FAST_LEASES, SCRIPT, db_view, is_final, new_session, normalized
 from tests.servers import ResumingClient, daphne
 from tests.wsclient import send_frame
 

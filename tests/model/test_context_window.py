@@ -48,7 +48,7 @@ from sessions_app.tools.registry import tools_openai_schemas
 from tests.chat_fixtures import Socket, db_messages, open_socket
 from tests.wsclient import send_frame
 
-ROOT = Path(__file__).resolve().parent.parent
+ROOT = Path(__file__).resolve().parents[2]
 ESTIMATE = counter_for("chatproject-local")
 SAMPLES = [
     "Hello, world!",

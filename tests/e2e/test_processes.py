@@ -17,7 +17,7 @@ from django.conf import settings
 
 from sessions_app.models import Operation
 from sessions_app.store import cache as session_cache
-from tests.e2e import FAST_LEASES, db_view, is_final, new_session
+from tests.e2e.support import FAST_LEASES, db_view, is_final, new_session
 from tests.processes import free_port
 from tests.servers import (
     ResumingClient,

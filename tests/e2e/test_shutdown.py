@@ -14,7 +14,7 @@ from django_tasks_db.models import DBTaskResult
 
 from sessions_app.models import ChatSession, Operation
 from tests.conftest import OWNER_PASSWORD
-from tests.e2e import FAST_LEASES, db_view, is_final, new_session
+from tests.e2e.support import FAST_LEASES, db_view, is_final, new_session
 from tests.servers import ResumingClient, daphne, daphne_process, session_cookie
 from tests.wsclient import send_frame
 
