@@ -153,9 +153,8 @@ _sockets: dict[int, dict[str, float]] = {}
 
 @functools.cache
 def _socket_scripts(url: str) -> tuple[ScriptBatches, ScriptBatches]:
-    """The registry's scripts (claim, drop), batched: 500 sockets opening or closing at once
-    share round trips instead of waiting for the loop's pooled connections (at 500 sessions
-    closing together, the drops waited longer than the pool lets them and failed)."""
+    """The registry's scripts (claim, drop), batched: many sockets opening or closing at once
+    share round trips instead of waiting for the loop's pooled connections."""
     return ScriptBatches(url, _SOCKET_SCRIPT), ScriptBatches(url, _SOCKET_DROP_SCRIPT)
 
 

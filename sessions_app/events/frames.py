@@ -184,16 +184,19 @@ class OperationInProgress(SessionEvent):
     operation: OperationOut
 
 
-class OperationCompleted(SessionEvent):
+class OperationEnded(SessionEvent):
+    """How an operation ended, with its tool message as now stored (if it still has one)."""
+
+    operation: OperationOut
+    message: MessageOut | None
+
+
+class OperationCompleted(OperationEnded):
     type: Literal["operation_completed"] = "operation_completed"
-    operation: OperationOut
-    message: MessageOut | None
 
 
-class OperationFailed(SessionEvent):
+class OperationFailed(OperationEnded):
     type: Literal["operation_failed"] = "operation_failed"
-    operation: OperationOut
-    message: MessageOut | None
 
 
 SESSION_EVENTS: dict[str, type[SessionEvent]] = {

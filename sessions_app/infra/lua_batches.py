@@ -1,13 +1,13 @@
 """One Lua script's calls from one event loop, sent to Redis in batches.
 
-The event log runs its append script once per event (``sessions_app.events.log``). Each call on
-a connection of its own holds that connection until the loop comes back to read the
-answer; under load (500 sessions streaming) the loop came back seconds later, the loop's
-pool of connections ran dry, and appends failed after waiting for one: events were lost
-(docs/performance.md). Here calls made while a batch is on its way wait for the next
-batch, and each batch is one pipelined round trip on one connection: a lightly loaded
-process sends each call alone, at once; a busy one sends fewer, larger batches instead of
-queueing for connections. Calls run in the order they were made.
+The event log runs its append script once per event (``sessions_app.events.log``), the
+socket registry its scripts once per socket. A call on a connection of its own holds that
+connection until the loop comes back to read the answer, and a busy loop comes back late:
+its pool of connections runs dry and calls fail waiting for one. Here calls made while a
+batch is on its way wait for the next batch, and each batch is one pipelined round trip on
+one connection: a lightly loaded process sends each call alone, at once; a busy one sends
+fewer, larger batches instead of queueing for connections. Calls run in the order they were
+made.
 """
 
 from __future__ import annotations

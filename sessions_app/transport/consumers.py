@@ -65,10 +65,10 @@ class ChatConsumer(AsyncWebsocketConsumer):
         """Call the message's handler, without channels' hop to close stale connections.
 
         ``AsyncConsumer.dispatch`` first runs ``close_old_connections`` in the one thread
-        all database work of the process shares, for every message: every event relayed to
-        every socket waited there behind every other socket's (a text delta to 100 sockets
-        was 100 hops). The handlers here reach the database only through
-        ``db_sync_to_async``, which closes stale connections itself.
+        all database work of the process shares, for every message, so every event relayed
+        to every socket would wait there behind every other socket's. The handlers here
+        reach the database only through ``db_sync_to_async``, which closes stale
+        connections itself.
         """
         handler = getattr(self, get_handler_name(message), None)
         if handler is None:

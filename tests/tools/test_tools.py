@@ -160,7 +160,7 @@ class Recursive(BaseTool):
 
 
 TEST_TOOLS = [
-    f"tests.test_tools.{cls.__name__}"
+    f"tests.tools.test_tools.{cls.__name__}"
     for cls in (RollDice, Boom, LongBoom, Refuses, NotText, Chatty, Waits, Nested, Recursive)
 ]
 
@@ -377,9 +377,9 @@ CALCULATOR = "sessions_app.tools.builtin.calculator.Calculator"
         ),
         (["builtins.dict"], "builtins.dict"),
         (["sessions_app.tools.base.BaseTool"], "sessions_app.tools.base.BaseTool"),
-        (["tests.test_tools.Abstract"], "tests.test_tools.Abstract"),
+        (["tests.tools.test_tools.Abstract"], "tests.tools.test_tools.Abstract"),
         ([CALCULATOR, CALCULATOR], CALCULATOR),
-        ([CALCULATOR, "tests.test_tools.Dup"], "tests.test_tools.Dup"),
+        ([CALCULATOR, "tests.tools.test_tools.Dup"], "tests.tools.test_tools.Dup"),
         ([42], "42"),
     ],
 )
@@ -902,7 +902,7 @@ async def test_draft_document_against_the_local_model(settings: Any, local_model
 # --- the custom tool of docs/tools.md ---------------------------------------------------
 
 
-@override_settings(CHAT_TOOLS=["tests.test_tools.RollDice"])
+@override_settings(CHAT_TOOLS=["tests.tools.test_tools.RollDice"])
 async def test_custom_tool_from_the_docs_works() -> None:
     assert [s["function"]["name"] for s in tools_openai_schemas()] == ["roll_dice"]
     assert_openai_function(RollDice.openai_schema())
