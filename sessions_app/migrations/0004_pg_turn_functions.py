@@ -1,7 +1,7 @@
 """PostgreSQL only: the two hottest writes of a turn as functions, one round trip each
-(``sessions_app/store_pg.py`` calls them; other databases take the ORM paths):
-``chat_turn_begin_v1``, the work before a turn starts (``sessions_app.turns._begin``), and
-``chat_message_complete_v1``, a model call's last write (``store.message_complete``).
+(``sessions_app/store/turn_writes.py`` calls them; other databases take the ORM paths):
+``chat_turn_begin_v1``, the work before a turn starts (``turn_begin``), and
+``chat_message_complete_v1``, a model call's last write (``message_complete``).
 Frozen like every migration: a change is a new function name in a new migration, so code
 and database never disagree silently.
 """

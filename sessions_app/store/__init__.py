@@ -1,25 +1,31 @@
-"""The session store: the only code that reads and writes sessions and messages."""
+"""The session store: the reads and writes of sessions, messages and usage.
+
+``sessions`` (session rows), ``messages`` (message rows), ``turn_writes`` (a turn's first
+and a model call's last write, one PL/pgSQL call each on PostgreSQL), ``rows`` (what they
+share), ``cache`` (the cache's layout; only the store writes it) and ``leases`` (the turn
+lease columns). Operations keep their own rows (``operations.service``) and change their
+tool messages through this store.
+"""
 
 from __future__ import annotations
 
 from sessions_app.store.messages import (
-    MESSAGE_FIELDS,
-    MESSAGE_UPDATABLE,
-    SAVED_FIELDS,
     SEARCH_SNIPPET_CHARS,
     AppendedOnce,
-    ContextSummary,
-    event_floor_get,
-    event_floor_raise,
     message_append_once,
     message_by_client_id,
     message_checkpoint,
-    message_complete,
     message_pk,
     message_update,
     messages_append,
     messages_interrupt_unfinished,
     messages_search,
+)
+from sessions_app.store.sessions import (
+    SAVED_FIELDS,
+    ContextSummary,
+    event_floor_get,
+    event_floor_raise,
     session_cache_invalidate,
     session_check_owner,
     session_context_summary,
@@ -35,14 +41,19 @@ from sessions_app.store.messages import (
     session_usage,
     usage_record,
 )
+from sessions_app.store.turn_writes import (
+    TurnBegun,
+    message_complete,
+    pg_functions_usable,
+    turn_begin,
+)
 
 __all__ = [
-    "MESSAGE_FIELDS",
-    "MESSAGE_UPDATABLE",
     "SAVED_FIELDS",
     "SEARCH_SNIPPET_CHARS",
     "AppendedOnce",
     "ContextSummary",
+    "TurnBegun",
     "event_floor_get",
     "event_floor_raise",
     "message_append_once",
@@ -54,6 +65,7 @@ __all__ = [
     "messages_append",
     "messages_interrupt_unfinished",
     "messages_search",
+    "pg_functions_usable",
     "session_cache_invalidate",
     "session_check_owner",
     "session_context_summary",
@@ -67,5 +79,6 @@ __all__ = [
     "session_save",
     "session_title_set_if_empty",
     "session_usage",
+    "turn_begin",
     "usage_record",
 ]

@@ -1,19 +1,18 @@
-"""The store's PostgreSQL half: the two hottest writes of a turn in one round trip each.
+"""The two hottest writes of a turn, each on two paths: one PL/pgSQL call on PostgreSQL, the
+ORM elsewhere.
 
-Before a turn starts, the ORM path (``sessions_app.turns.start._begin``) makes about nine round
-trips to the database in one transaction: the owner's row locked, the lease taken, the
-running turns counted, the session's row locked, the client message id looked up, the
-messages inserted, the session row moved on, ``BEGIN`` and ``COMMIT``. Each of them holds
-the one database thread of the process (``sessions_app.infra.db``) while it waits, so under load
-every turn waited in that thread's queue behind the others (docs/performance.md). On
-PostgreSQL the same work is one call of ``chat_turn_begin_v1`` (migration 0004), a
-PL/pgSQL function that takes the same locks in the same order and makes the same checks,
-each statement seeing what committed before it: one round trip, its own transaction. A
-model call's last write (``store.message_complete``: the session row locked, the message
-read, changed and saved, its usage inserted and added to the totals) is one call of
-``chat_message_complete_v1`` in the same way.
-
-Other databases (the embedded SQLite) keep the ORM path; both run the same tests.
+``turn_begin`` is the work before a turn starts: the owner's row locked, the lease taken,
+the running turns counted, the session's row locked, the client message id looked up, the
+messages inserted, the session row moved on. ``message_complete`` is a model call's last
+write: the message changed in place, its usage inserted and added to the session's totals.
+On PostgreSQL each is one call of a function of migration 0004 (``chat_turn_begin_v1``,
+``chat_message_complete_v1``) that takes the same locks in the same order and makes the
+same checks, each statement seeing what committed before it: one round trip, its own
+transaction, because the process's database calls share one thread (``infra.db``) that
+waits for every round trip. Elsewhere (SQLite, or inside a caller's transaction, whose
+all-or-nothing and after-commit cache writes the ORM keeps) the ORM does the same work in
+one transaction. tests/store/test_turn_writes.py checks that both paths give the same
+outcomes, and that the functions' column lists match ``MESSAGE_FIELDS``.
 """
 
 from __future__ import annotations
@@ -24,19 +23,30 @@ from datetime import timedelta
 from typing import Any, NamedTuple
 
 from django.conf import settings
-from django.db import DatabaseError, connection
+from django.db import DatabaseError, connection, transaction
 from django.utils import timezone
 
 from sessions_app import limits
 from sessions_app.errors import SessionNotFound
 from sessions_app.schemas import ChatMessageData, Usage
-from sessions_app.store import messages as store
+from sessions_app.store import leases
+from sessions_app.store.messages import message_append_once, message_by_client_id
+from sessions_app.store.rows import (
+    MESSAGE_FIELDS,
+    after_messages_write,
+    as_uuid,
+    check_updatable,
+    forget_message,
+    locked_row,
+    message_change,
+    usage_add,
+    write_failed,
+)
 
 
-def enabled() -> bool:
-    """Whether to take the paths of this module: the default database has their functions
-    (PostgreSQL) and no transaction of the caller's is open (inside one, the ORM paths
-    keep its all-or-nothing and its after-commit cache writes)."""
+def pg_functions_usable() -> bool:
+    """Whether to call the PL/pgSQL functions: the default database is PostgreSQL (which
+    has them) and no transaction of the caller's is open."""
     return connection.vendor == "postgresql" and not connection.in_atomic_block
 
 
@@ -57,18 +67,73 @@ def turn_begin(
     process: str,
     messages: list[ChatMessageData],
 ) -> TurnBegun:
-    """Take the session's turn lease and store ``messages`` after the last one, unless the
-    first one's client message id is stored already; one statement, its own transaction.
+    """Take the session's turn lease for ``turn_id`` (owned by ``process``) and store
+    ``messages`` after the last one, unless the first one's client message id is stored
+    already (then ``duplicate``, with that stored message, and the lease is not kept).
 
-    Precondition: ``enabled()`` (its cache writes follow the commit at once). Raises
-    ``SessionNotFound`` (missing, or not ``owner_id``'s), ``LimitExceeded`` (the user's
-    running turns) and ``StoreWriteError``.
+    Raises ``SessionNotFound`` (missing, or not ``owner_id``'s), ``LimitExceeded`` (the
+    user's running turns) and ``StoreWriteError``, holding nothing.
     """
+    begin = _turn_begin_pg if pg_functions_usable() else _turn_begin_orm
+    begun = begin(
+        session_id=session_id,
+        owner_id=owner_id,
+        turn_id=turn_id,
+        process=process,
+        messages=messages,
+    )
+    if begun.outcome == "duplicate" and not begun.messages:
+        existing = message_by_client_id(
+            session_id=session_id,
+            owner_id=owner_id,
+            client_message_id=messages[0].client_message_id or "",
+        )
+        assert existing is not None  # stored messages are never deleted alone
+        return TurnBegun("duplicate", [existing])
+    return begun
+
+
+def _turn_begin_orm(
+    *,
+    session_id: uuid.UUID,
+    owner_id: int,
+    turn_id: uuid.UUID,
+    process: str,
+    messages: list[ChatMessageData],
+) -> TurnBegun:
+    with transaction.atomic():
+        taken = leases.turn_lease_acquire(
+            session_id=session_id,
+            turn_id=turn_id,
+            owner=process,
+            owner_id=owner_id,
+            take_stale=False,
+        )
+        if not taken:
+            stale = leases.turn_leases_stale(session_id=session_id)
+            return TurnBegun("stale" if stale else "busy", [])
+        first, *followers = messages
+        stored = message_append_once(
+            session_id=session_id, owner_id=owner_id, message=first, followers=followers
+        )
+        if not stored.created:
+            transaction.set_rollback(True)  # a retried send: the lease goes back
+            return TurnBegun("duplicate", [stored.message])
+    return TurnBegun("created", [stored.message, *stored.followers])
+
+
+def _turn_begin_pg(
+    *,
+    session_id: uuid.UUID,
+    owner_id: int,
+    turn_id: uuid.UUID,
+    process: str,
+    messages: list[ChatMessageData],
+) -> TurnBegun:
+    """One statement, its own transaction; its cache writes follow the commit at once."""
     now = timezone.now()
     stale_before = now - timedelta(seconds=settings.CHAT_LEASE_SECONDS)
-    payload = json.dumps(
-        [m.model_dump(mode="json", include=set(store.MESSAGE_FIELDS)) for m in messages]
-    )
+    payload = json.dumps([m.model_dump(mode="json", include=set(MESSAGE_FIELDS)) for m in messages])
     try:
         with connection.cursor() as cursor:
             cursor.execute(
@@ -88,7 +153,7 @@ def turn_begin(
             )
             outcome, first_sequence, running = cursor.fetchone()
     except DatabaseError as exc:
-        raise store._write_failed("the message", session_id, exc) from exc
+        raise write_failed("the message", session_id, exc) from exc
     if outcome == "missing":
         raise SessionNotFound(session_id)
     if outcome == "limited":
@@ -101,11 +166,31 @@ def turn_begin(
         m.model_copy(update={"sequence": first_sequence + i, "created_at": now, "updated_at": now})
         for i, m in enumerate(messages)
     ]
-    store._after_messages_write(session_id, saved)  # autocommit: runs now, after the commit
+    after_messages_write(session_id, saved)  # autocommit: runs now, after the commit
     return TurnBegun(outcome, saved)
 
 
 def message_complete(
+    *,
+    session_id: uuid.UUID | str,
+    sequence: int,
+    changes: dict[str, Any],
+    usage: Usage | None,
+    model: str = "",
+) -> tuple[ChatMessageData, Usage | None]:
+    """The last write of a model call: its message changed in place and its token usage
+    recorded, in one transaction. Returns the message and the session's usage totals
+    (``None`` without ``usage``).
+
+    Raises ``ValueError`` for a change it refuses (before anything is written),
+    ``SessionNotFound``, ``LookupError`` (no such message) and ``StoreWriteError``.
+    """
+    sid = as_uuid(session_id)
+    complete = _message_complete_pg if pg_functions_usable() else _message_complete_orm
+    return complete(session_id=sid, sequence=sequence, changes=changes, usage=usage, model=model)
+
+
+def _message_complete_orm(
     *,
     session_id: uuid.UUID,
     sequence: int,
@@ -113,21 +198,32 @@ def message_complete(
     usage: Usage | None,
     model: str,
 ) -> tuple[ChatMessageData, Usage | None]:
-    """``store.message_complete`` in one statement (``chat_message_complete_v1``): the
-    message changed in place, its usage recorded and added to the session's totals.
+    try:
+        with transaction.atomic():
+            row = locked_row(session_id, None)
+            updated = message_change(session_id, sequence, changes)
+            totals = usage_add(row, usage, model, updated_at=updated.updated_at)
+    except DatabaseError as exc:
+        raise write_failed(f"message {sequence}", session_id, exc) from exc
+    return updated, totals
 
-    Precondition: ``enabled()``. Raises what the ORM path
-    raises: ``ValueError`` for a change it refuses (before anything is written),
-    ``SessionNotFound``, ``LookupError`` (no such message) and ``StoreWriteError``.
-    """
-    store._check_updatable(changes)
+
+def _message_complete_pg(
+    *,
+    session_id: uuid.UUID,
+    sequence: int,
+    changes: dict[str, Any],
+    usage: Usage | None,
+    model: str,
+) -> tuple[ChatMessageData, Usage | None]:
+    check_updatable(changes)
     # The changed fields as the message would hold them (a ValidationError is a ValueError).
     checked = ChatMessageData.model_validate({"role": "user", **changes})
     payload = json.dumps(checked.model_dump(mode="json", include=set(changes)))
     now = timezone.now()
     # Dropped before the write, as on the ORM path: a reader that misses the entry now
     # back-fills the old row, and the write after the commit overwrites that.
-    store._forget_message(session_id, sequence)
+    forget_message(session_id, sequence)
     try:
         with connection.cursor() as cursor:
             cursor.execute(
@@ -144,18 +240,18 @@ def message_complete(
             )
             row = cursor.fetchone()
     except DatabaseError as exc:
-        raise store._write_failed(f"message {sequence}", session_id, exc) from exc
+        raise write_failed(f"message {sequence}", session_id, exc) from exc
     outcome, *fields, created_at, prompt_tokens, completion_tokens = row
     if outcome == "missing":
         raise SessionNotFound(session_id)
     if outcome == "no_message":
         raise LookupError(f"session {session_id} has no message {sequence}")
-    data = dict(zip(store.MESSAGE_FIELDS, fields, strict=True))
+    data = dict(zip(MESSAGE_FIELDS, fields, strict=True))
     for key in ("tool_calls", "function_call"):
         if isinstance(data[key], str):  # Django loads jsonb as text, for JSONField to parse
             data[key] = json.loads(data[key])
     updated = ChatMessageData(**data, sequence=sequence, created_at=created_at, updated_at=now)
-    store._after_messages_write(session_id, [updated])  # autocommit: runs now
+    after_messages_write(session_id, [updated])  # autocommit: runs now
     totals = None
     if usage is not None:
         totals = Usage(prompt_tokens=prompt_tokens, completion_tokens=completion_tokens)

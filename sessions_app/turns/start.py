@@ -20,7 +20,6 @@ from dataclasses import dataclass
 from typing import Any
 
 from django.conf import settings
-from django.db import transaction
 
 from sessions_app import events, limits, process, store
 from sessions_app.errors import Refused
@@ -28,10 +27,9 @@ from sessions_app.events import frames
 from sessions_app.infra.db import db_sync_to_async
 from sessions_app.model import context_window
 from sessions_app.schemas import ChatMessageData
-from sessions_app.store import leases, turn_writes
 from sessions_app.tools.registry import tools_openai_schemas
 from sessions_app.turns.recovery import turn_recover_stale
-from sessions_app.turns.registry import Turn, lease_take, turn_running
+from sessions_app.turns.registry import Turn, turn_running
 from sessions_app.turns.runner import turn_launch
 from sessions_app.turns.text_stream import FirstCall, ModelCall, empty_reply
 
@@ -112,8 +110,8 @@ async def turn_start(
     kept: ModelCall | None = None  # the call the turn takes over; any other is closed
     try:
         begun, recovered = await _begin_turn(turn, user_message, with_reply=prepared is not None)
-        message = begun.message
-        if not begun.created:
+        message, *followers = begun.messages
+        if begun.outcome == "duplicate":
             return TurnStart(message=message, duplicate=True, turn_id=None)
         created = frames.MessageCreated(
             message=events.message_out(message), turn_id=str(turn.turn_id)
@@ -122,13 +120,13 @@ async def turn_start(
         if first is not None and (prepared is None or prepared.event_floor == 0):
             # A session's first floor; later ones are saved as its turns end.
             process.spawn(events.event_floor_save(session_id, first), "event floor")
-        if begun.followers:
+        if followers:
             # Only a call made from the history as stored: if it changed meanwhile (a dead
             # turn's work was finished first, or a message came from elsewhere), the turn
             # reads it again and calls then.
             current = prepared is not None and prepared.user_sequence == message.sequence
             kept = call if current and not recovered else None
-            turn.first_call = FirstCall(reply=begun.followers[0], call=kept)
+            turn.first_call = FirstCall(reply=followers[0], call=kept)
         turn_launch(turn)
     finally:
         if call is not None and call is not kept:
@@ -138,26 +136,36 @@ async def turn_start(
 
 async def _begin_turn(
     turn: Turn, message: ChatMessageData, *, with_reply: bool
-) -> tuple[store.AppendedOnce, bool]:
-    """``_begin`` from async code, finishing a dead turn first if one holds the lease;
-    returns what was stored and whether a dead turn was finished first. Raises what
-    ``turn_start`` raises; a retried send comes back as not ``created``."""
-    client_message_id = message.client_message_id or ""
-    reply = empty_reply()
-    begin = db_sync_to_async(_begin)
+) -> tuple[store.TurnBegun, bool]:
+    """Take the lease and store the user's message (once per client message id) with the
+    turn's empty first reply after it, finishing a dead turn first if one holds the lease.
+
+    Returns what was stored (``created``, or ``duplicate`` with the stored message) and
+    whether a dead turn was finished first. Raises what ``turn_start`` raises."""
+    messages = [message, empty_reply()] if with_reply else [message]
+    begin = db_sync_to_async(store.turn_begin)
     recovered = False
     try:
-        begun = await begin(turn, message, reply if with_reply else None)
-        if begun == "stale":
+        for _ in range(2):
+            begun: store.TurnBegun = await begin(
+                session_id=turn.session_id,
+                owner_id=turn.owner_id,
+                turn_id=turn.turn_id,
+                process=process.process_id(),
+                messages=messages,
+            )
+            if begun.outcome != "stale" or recovered:
+                break
             await turn_recover_stale(turn.session_id)
             recovered = True
-            begun = await begin(turn, message, reply if with_reply else None)
-        if not isinstance(begun, store.AppendedOnce):
+        if begun.outcome not in ("created", "duplicate"):
             raise TurnInProgress()
     except Refused:
-        existing = await _existing_message(turn.session_id, turn.owner_id, client_message_id)
+        existing = await _existing_message(
+            turn.session_id, turn.owner_id, message.client_message_id or ""
+        )
         if existing is not None:
-            return store.AppendedOnce(existing, [], False), recovered
+            return store.TurnBegun("duplicate", [existing]), recovered
         raise
     return begun, recovered
 
@@ -181,52 +189,6 @@ async def _prepare(
     return _Prepared(
         messages=messages, tools=tools, user_sequence=sequence, event_floor=state.last_event_seq
     )
-
-
-def _begin(
-    turn: Turn, message: ChatMessageData, reply: ChatMessageData | None
-) -> str | store.AppendedOnce:
-    """The database work before a turn starts, one transaction: take the lease and store
-    the user's message (once per client message id) with ``reply``, the turn's empty first
-    reply, after it.
-
-    Returns what was stored (the lease is kept only when the message is new), ``"busy"``
-    when a live turn holds the lease, or ``"stale"`` when a dead turn still does (the
-    caller recovers it, then tries again). Raises ``LimitExceeded`` (too many turns) and
-    the store's errors, holding nothing. On PostgreSQL one round trip (``store_pg``).
-    """
-    if turn_writes.enabled():
-        begun = turn_writes.turn_begin(
-            session_id=turn.session_id,
-            owner_id=turn.owner_id,
-            turn_id=turn.turn_id,
-            process=process.process_id(),
-            messages=[message] if reply is None else [message, reply],
-        )
-        if begun.outcome in ("busy", "stale"):
-            return begun.outcome
-        if begun.outcome == "duplicate":
-            existing = store.message_by_client_id(
-                session_id=turn.session_id,
-                owner_id=turn.owner_id,
-                client_message_id=message.client_message_id or "",
-            )
-            assert existing is not None  # stored messages are never deleted alone
-            return store.AppendedOnce(existing, [], False)
-        return store.AppendedOnce(begun.messages[0], begun.messages[1:], True)
-    with transaction.atomic():
-        if not lease_take(turn, take_stale=False):
-            stale = leases.turn_leases_stale(session_id=turn.session_id)
-            return "stale" if stale else "busy"
-        stored = store.message_append_once(
-            session_id=turn.session_id,
-            owner_id=turn.owner_id,
-            message=message,
-            followers=[reply] if reply is not None else [],
-        )
-        if not stored.created:
-            transaction.set_rollback(True)  # a retried send: the lease goes back
-    return stored
 
 
 async def _existing_message(

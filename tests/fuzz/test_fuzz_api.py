@@ -300,7 +300,7 @@ async def test_random_session_ids_are_missing_sessions(
 
 async def test_every_api_endpoint_with_input_is_fuzzed() -> None:
     """The API routes of the ownership matrix are all fuzzed here (path ids included)."""
-    from tests.test_ownership import MATRIX
+    from tests.transport.test_ownership import MATRIX
 
     fuzzed = {
         ("POST", "api/sessions/"),

@@ -1,4 +1,4 @@
-"""Appends messages to one session from a process of its own (tests/test_concurrency.py).
+"""Appends messages to one session from a process of its own (tests/store/test_concurrency.py).
 
 Usage: append_worker.py SESSION_ID NAME COUNT BATCH. Prints "ready", waits for a line on
 stdin so that every worker starts at once, appends COUNT batches of BATCH messages whose

@@ -22,8 +22,8 @@ from tests.servers import database_url
 
 pytestmark = pytest.mark.django_db(transaction=True)
 
-WORKER = Path(__file__).parent / "workers" / "append_worker.py"
-ROOT = Path(__file__).resolve().parent.parent
+WORKER = Path(__file__).parents[1] / "workers" / "append_worker.py"
+ROOT = Path(__file__).resolve().parents[2]
 
 
 def run_workers(session_id: Any, specs: list[tuple[str, int, int]]) -> None:

@@ -19,7 +19,8 @@ from sessions_app.errors import SessionNotFound, StoreWriteError
 from sessions_app.models import ChatMessage, ChatSession
 from sessions_app.schemas import ChatMessageData, Usage
 from sessions_app.store import cache as session_cache
-from sessions_app.store import messages as store_messages
+from sessions_app.store import sessions as store_sessions
+from sessions_app.store.rows import meta_from_row
 
 # The store touches the cache after commit, so tests need real commits.
 pytestmark = pytest.mark.django_db(transaction=True)
@@ -196,7 +197,7 @@ def test_stale_meta_written_by_a_slow_reader_is_never_served(owner: Any) -> None
     """A reader reads the generation, a write commits, then the reader caches old metadata."""
     sid = make_session(owner, 1, title="old")
     generation, _ = session_cache.meta_lookup(sid)
-    old_meta = store_messages._meta_from_row(ChatSession.objects.get(pk=sid))
+    old_meta = meta_from_row(ChatSession.objects.get(pk=sid))
     store.session_rename(session_id=sid, owner_id=owner.pk, title="new")
     store.messages_append(session_id=sid, messages=[user_msg("m2")])
     session_cache.meta_store(old_meta, generation=generation)
@@ -307,7 +308,7 @@ def test_save_failure_leaves_database_and_cache_unchanged(owner: Any) -> None:
         pytest.raises(StoreWriteError, match="Could not save the session"),
     ):
         store.session_save(session=state)
-    for reloaded in (store.session_get(session_id=sid), store_messages._session_from_db(sid, None)):
+    for reloaded in (store.session_get(session_id=sid), store_sessions._session_from_db(sid, None)):
         assert reloaded.title == "before"
         assert [m.content for m in reloaded.messages] == ["m1"]
 

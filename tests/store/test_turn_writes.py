@@ -1,17 +1,18 @@
 """sessions_app.store.turn_writes: a turn's first and a model call's last write in one PostgreSQL
-round trip each, checked outcome by outcome against what the ORM paths (turn_start._begin and
-store.message_complete on other databases) do."""
+round trip each, checked outcome by outcome against the ORM paths of the same functions (taken
+on other databases and inside a caller's transaction), and the SQL functions' columns checked
+against the message fields."""
 
 from __future__ import annotations
 
+import re
 import threading
 import uuid
 from datetime import timedelta
 from typing import Any
 
 import pytest
-from django.core.cache import cache
-from django.db import close_old_connections, connection
+from django.db import close_old_connections, connection, transaction
 from django.test.utils import CaptureQueriesContext
 from django.utils import timezone
 
@@ -20,9 +21,8 @@ from sessions_app.errors import LimitExceeded, SessionNotFound
 from sessions_app.models import ChatMessage, ChatSession, UsageRecord
 from sessions_app.schemas import ChatMessageData, Usage
 from sessions_app.store import cache as session_cache
-from sessions_app.store import leases, turn_writes
-from sessions_app.store import messages as store_messages
-from sessions_app.turns import start as turn_start
+from sessions_app.store import turn_writes
+from sessions_app.store.rows import MESSAGE_FIELDS, MESSAGE_UPDATABLE, message_from_row
 
 pytestmark = [pytest.mark.postgres, pytest.mark.django_db(transaction=True)]
 
@@ -53,8 +53,10 @@ def session_id(owner: Any) -> uuid.UUID:
     return store.session_create(owner_id=owner.pk, title="t").id
 
 
-def test_enabled_on_postgresql() -> None:
-    assert turn_writes.enabled()
+def test_the_functions_are_used_on_postgresql_outside_a_transaction() -> None:
+    assert turn_writes.pg_functions_usable()
+    with transaction.atomic():
+        assert not turn_writes.pg_functions_usable()
 
 
 def test_a_turn_begins_in_one_round_trip_and_stores_what_the_orm_path_stores(
@@ -97,7 +99,7 @@ def test_json_fields_and_nulls_are_stored_as_the_orm_stores_them(
     stored = ChatMessage.objects.get(session_id=session_id, sequence=1)
     assert (stored.content, stored.tool_calls, stored.function_call) == (None, calls, None)
     assert ChatMessage.objects.filter(session_id=session_id, function_call__isnull=True).count()
-    assert store_messages._message_from_row(stored) == begun.messages[0]
+    assert message_from_row(stored) == begun.messages[0]
 
 
 def test_a_retried_send_changes_nothing(owner: Any, session_id: uuid.UUID) -> None:
@@ -105,7 +107,8 @@ def test_a_retried_send_changes_nothing(owner: Any, session_id: uuid.UUID) -> No
     ChatSession.objects.filter(pk=session_id).update(turn_id=None)  # that turn ended
     before = rows(session_id)
     again = begin(session_id, owner.pk)
-    assert (again.outcome, again.messages) == ("duplicate", [])
+    assert again.outcome == "duplicate"
+    assert [m.sequence for m in again.messages] == [first.messages[0].sequence]
     assert rows(session_id) == before
     assert ChatSession.objects.get(pk=session_id).turn_id is None  # no lease taken
     assert first.outcome == "created"
@@ -173,20 +176,68 @@ def test_sends_racing_from_many_threads_start_one_turn_and_store_each_message_on
     assert [r[0] for r in rows(session_id)] == [1, 2]
 
 
-def test_turn_begin_in_turns_uses_it_and_reads_a_duplicate_back(
-    owner: Any, session_id: uuid.UUID
-) -> None:
-    turn = turn_start._Turn(session_id=session_id, owner_id=owner.pk, turn_id=uuid.uuid4())
-    message = ChatMessageData(role="user", content="hi", client_message_id="c-9")
+@pytest.mark.parametrize("path", ["function", "orm"])
+def test_both_paths_give_the_same_outcomes(owner: Any, path: str) -> None:
+    """created, busy, duplicate (with the stored message), stale, missing: the same on the
+    PL/pgSQL path and on the ORM path (a caller's open transaction takes the ORM's)."""
+    session_id = store.session_create(owner_id=owner.pk, title="t").id
+
+    def on_path(**kw: Any) -> Any:
+        if path == "function":
+            return begin(session_id, owner.pk, **kw)
+        with transaction.atomic():
+            return begin(session_id, owner.pk, **kw)
+
     with CaptureQueriesContext(connection) as queries:
-        begun = turn_start._begin(turn, message, None)
-    assert len(queries) == 1
-    assert isinstance(begun, store.AppendedOnce) and begun.created
-    leases.turn_lease_release(session_id=session_id, turn_id=turn.turn_id)
-    cache.clear()
-    again = turn_start._begin(turn, message, None)
-    assert isinstance(again, store.AppendedOnce) and not again.created
-    assert again.message == begun.message
+        created = on_path(client_id="a")
+    assert created.outcome == "created" and [m.sequence for m in created.messages] == [1, 2]
+    assert (len(queries) == 1) == (path == "function")
+    assert on_path(client_id="b").outcome == "busy"
+    ChatSession.objects.filter(pk=session_id).update(
+        turn_heartbeat_at=timezone.now() - timedelta(hours=1)
+    )
+    assert on_path(client_id="b").outcome == "stale"
+    ChatSession.objects.filter(pk=session_id).update(turn_id=None)
+    duplicate = on_path(client_id="a")
+    assert duplicate.outcome == "duplicate"
+    assert [(m.sequence, m.content) for m in duplicate.messages] == [(1, "hello")]
+    assert ChatSession.objects.get(pk=session_id).turn_id is None  # no lease kept
+    with pytest.raises(SessionNotFound):
+        begin(uuid.uuid4(), owner.pk)
+
+
+def _function_source(name: str) -> str:
+    with connection.cursor() as cursor:
+        cursor.execute(
+            "SELECT pg_get_functiondef(p.oid) FROM pg_proc p WHERE p.proname = %s", [name]
+        )
+        [(source,)] = cursor.fetchall()
+    return str(source)
+
+
+def test_the_functions_columns_are_the_message_fields() -> None:
+    """A new message field must reach the SQL functions (a new migration), or this fails:
+    the begin function inserts every field, the complete function returns every field in
+    ``MESSAGE_FIELDS``'s order (the code zips them) and updates exactly the updatable ones."""
+    begin_source = _function_source("chat_turn_begin_v1")
+    inserted = re.search(r"INSERT INTO \S+ \(([^)]*)\)", begin_source, re.S)
+    assert inserted is not None
+    columns = [c.strip() for c in inserted.group(1).split(",")]
+    assert set(columns) - {"session_id", "sequence", "created_at", "updated_at"} == set(
+        MESSAGE_FIELDS
+    )
+    complete_source = _function_source("chat_message_complete_v1")
+    returned = re.search(r"RETURNS TABLE\((.*?)\)\s*LANGUAGE", complete_source, re.S)
+    assert returned is not None
+    names = [c.split()[0] for c in returned.group(1).split(",")]
+    assert names[0] == "outcome" and names[-3:] == [
+        "created_at",
+        "prompt_tokens",
+        "completion_tokens",
+    ]
+    assert tuple(names[1:-3]) == MESSAGE_FIELDS
+    updated = set(re.findall(r"^\s*(\w+) = CASE WHEN p_changes", complete_source, re.M))
+    assert updated == set(MESSAGE_UPDATABLE)
 
 
 # --- message_complete -----------------------------------------------------------------------
@@ -218,7 +269,7 @@ def test_a_reply_completes_in_one_round_trip_with_its_usage(
     assert len(queries) == 1
     assert totals == Usage(prompt_tokens=15, completion_tokens=4)
     stored = ChatMessage.objects.get(session_id=session_id, sequence=reply.sequence)
-    assert store_messages._message_from_row(stored) == updated
+    assert message_from_row(stored) == updated
     assert (updated.content, updated.tool_calls, updated.status) == (None, calls, "complete")
     assert (updated.role, updated.created_at) == ("assistant", reply.created_at)
     row = ChatSession.objects.get(pk=session_id)
