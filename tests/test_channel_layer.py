@@ -43,12 +43,13 @@ async def test_group_send_reaches_every_member_and_only_them() -> None:
     await layer.group_discard("session-x", second)
     await layer.group_send("session-x", {"type": "chat.event", "seq": 8})
     assert await asyncio.wait_for(layer.receive(first), 5) == {"type": "chat.event", "seq": 8}
-    late = asyncio.create_task(layer.receive(second))
-    unrelated = asyncio.create_task(layer.receive(other))
-    await asyncio.sleep(0.3)  # a message sent to them would have arrived by now
-    assert not late.done() and not unrelated.done()
-    late.cancel()
-    unrelated.cancel()
+    # Pub/sub delivers a process's messages in the order they were published: if seq 8 had
+    # reached ``second`` or ``other``, it would come before these markers.
+    await layer.group_add("probe", second)
+    await layer.group_send("probe", {"type": "chat.event", "seq": 9})
+    await layer.group_send("session-y", {"type": "chat.event", "seq": 10})
+    assert await asyncio.wait_for(layer.receive(second), 5) == {"type": "chat.event", "seq": 9}
+    assert await asyncio.wait_for(layer.receive(other), 5) == {"type": "chat.event", "seq": 10}
     await layer.flush()
 
 

@@ -25,7 +25,7 @@ class Turn:
     stop_reason: str = "cancelled"
 
 
-# Strong references: the loop keeps only weak ones.
+# The turns this process runs, by session.
 _running: dict[uuid.UUID, Turn] = {}
 
 
