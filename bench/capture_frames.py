@@ -1,7 +1,8 @@
-"""Capture real websocket frames of every kind, for the examples in docs/protocol.md.
+"""Capture real websocket frames of every kind: docs/protocol-examples.md is its output.
 
 Run from the repository root:
 
+    .venv/bin/python bench/capture_frames.py --markdown docs/protocol-examples.md
     .venv/bin/python bench/capture_frames.py                      # transcript on stdout
     .venv/bin/python bench/capture_frames.py --json /tmp/frames.json
 
@@ -470,6 +471,132 @@ async def capture(port: int) -> dict[str, Transcript]:
 
 # --- output -----------------------------------------------------------------------------------
 
+# What each scenario shows, in the order the examples page gives them.
+DESCRIPTIONS = {
+    "connect": "A socket opens: `hello`, then the client's `resume` with `null` gets a snapshot.",
+    "plain_reply": "A plain reply streamed as `text_delta` events, then the generated title.",
+    "tool_round_trip": "The model calls a tool that runs inside the turn; a second model call "
+    "answers with its result.",
+    "parallel_tools": "Two tool calls in one reply run in parallel; their results come in the "
+    "order they finish.",
+    "operation": "A long-running tool becomes an operation: the turn ends at once, the "
+    "operation reports progress and completes, and a continuation turn tells the user.",
+    "cancel_streaming": "`cancel` while the answer streams: the text so far is kept, marked "
+    "`interrupted`.",
+    "model_error": "The model answers with an error (a rate limit): an `error` event with its "
+    "code and `retry_after`, and `turn_finished` `failed`.",
+    "double_send": "A `send` while a turn runs is refused (`turn_in_progress`); the same "
+    "`client_message_id` sent again, during the turn and after it, is acknowledged as a "
+    "duplicate and starts nothing.",
+    "step_limit": "A model that calls tools for ever is stopped after `CHAT_TURN_MAX_STEPS` "
+    "model calls.",
+    "bad_frames": "Frames the server refuses, each with an `error` frame; the socket stays open.",
+    "ping": "`ping` with and without an id; `pong` carries the session's newest `seq`.",
+    "cancel_pending_tool": "An ordinary tool reports `tool_progress` (the test-only tool "
+    "`slow_steps`); the turn is cancelled while the tool runs.",
+    "snapshot_mid_stream": "A second socket [B] opened while socket [A] streams gets a snapshot "
+    "holding the text streamed so far, then the live deltas after it.",
+    "resume_cursor": "`resume` with a cursor: exactly the events after it; at the head, nothing.",
+    "resume_other_life": "`resume` with a cursor the server never handed out (from another "
+    "life of its counter): a snapshot.",
+    "implied_resume": "A first frame that is not `resume` implies `resume` with `null`.",
+    "close_too_big": "A frame over the server's message limit closes the connection.",
+    "close_4401": "No login: the socket is closed with 4401.",
+    "close_4404": "A session that does not exist (or another user's), or a malformed id: 4404.",
+    "origin_refused": "A foreign or missing `Origin` is refused at the handshake.",
+}
+# Runs of text_delta frames longer than this are shown by their first and last few.
+DELTA_RUN_SHOWN = 3
+
+
+def _entry_line(entry: dict[str, Any], limit: int) -> str:
+    socket_name = entry.get("socket", "")
+    tag = f"[{socket_name}] " if socket_name not in ("", "ws") else ""
+    direction = entry["dir"]
+    if direction in ("client", "server"):
+        arrow = "→" if direction == "client" else "←"
+        if "raw" in entry:
+            body = entry["raw"]
+        elif "binary" in entry:
+            body = f"<binary frame {entry['binary']}>"
+        else:
+            body = json.dumps(abridged(entry["frame"], limit), ensure_ascii=False)
+        return f"{tag}{arrow} {body}"
+    if direction == "handshake":
+        origin = entry["origin"] or "(none)"
+        cookie = "sessionid" if entry["cookie"] else "(none)"
+        head = f"# handshake {entry['path']}  cookie: {cookie}  Origin: {origin}\n#   → "
+        if not entry["accepted"]:
+            return head + f"refused: HTTP {entry['http_status']}"
+        frames = len(entry.get("frames", []))
+        return (
+            head
+            + f"accepted, {frames} frames, closed by the server with code "
+            + str(entry.get("close_code"))
+        )
+    return f"# connection closed: code {entry.get('close_code')} ({entry.get('error')})"
+
+
+def _lines(transcript: Transcript, limit: int) -> list[str]:
+    """The transcript's lines, long runs of text_delta frames shortened."""
+    lines: list[str] = []
+    run: list[dict[str, Any]] = []
+
+    def flush() -> None:
+        if len(run) > 2 * DELTA_RUN_SHOWN + 1:
+            skipped = run[DELTA_RUN_SHOWN:-DELTA_RUN_SHOWN]
+            first, last = skipped[0]["frame"]["seq"], skipped[-1]["frame"]["seq"]
+            lines.extend(_entry_line(e, limit) for e in run[:DELTA_RUN_SHOWN])
+            lines.append(f"# … {len(skipped)} more text_delta frames (seq {first} to {last}) …")
+            lines.extend(_entry_line(e, limit) for e in run[-DELTA_RUN_SHOWN:])
+        else:
+            lines.extend(_entry_line(e, limit) for e in run)
+        run.clear()
+
+    for entry in transcript:
+        frame = entry.get("frame")
+        if isinstance(frame, dict) and frame.get("type") == "text_delta":
+            run.append(entry)
+            continue
+        flush()
+        lines.append(_entry_line(entry, limit))
+    flush()
+    return lines
+
+
+def markdown(scenarios: dict[str, Transcript], limit: int) -> str:
+    """docs/protocol-examples.md: every scenario's frames, as captured."""
+    out = [
+        "# The websocket protocol: captured examples",
+        "",
+        "Every frame on this page was sent or received by a real server in one run of",
+        "`bench/capture_frames.py`, which wrote this page:",
+        "",
+        "```console",
+        "$ .venv/bin/python bench/capture_frames.py --markdown docs/protocol-examples.md",
+        "```",
+        "",
+        "The run: `daphne chatproject.asgi:application` on a free port with the embedded",
+        "defaults (an SQLite file, the in-memory channel layer and replay log, the in-process",
+        "worker) and the local scripted model (`docs/local-model.md`) at a 20 ms word delay,",
+        "plus the test-only tool `slow_steps` (`tests/tools_for_tests.py`, through",
+        "`CHAT_EXTRA_TOOLS`). The client logs in over HTTP, creates sessions with",
+        "`POST /api/sessions/` and records every frame. The reference is `docs/protocol.md`.",
+        "",
+        "How to read them: `→` is a frame the client sent, `←` one the server sent; `[A]` and",
+        "`[B]` name the socket when there are several (each socket's frames in the order it",
+        f"received them); `#` lines are notes. Strings longer than {limit} characters are cut",
+        "(`…(+N chars)`), and a long run of `text_delta` frames is shortened to its first and",
+        "last few. Ids, timestamps and token counts differ from run to run; the shapes and the",
+        "order do not.",
+        "",
+    ]
+    for name, transcript in scenarios.items():
+        out += [f"## {name}", "", DESCRIPTIONS.get(name, ""), "", "```"]
+        out += _lines(transcript, limit)
+        out += ["```", ""]
+    return "\n".join(out)
+
 
 def abridged(frame: Any, limit: int) -> Any:
     """``frame`` with every string over ``limit`` characters cut (for the transcript only)."""
@@ -501,6 +628,9 @@ def main() -> int:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     parser.add_argument("--json", type=Path, help="also write every frame, unabridged, here")
     parser.add_argument(
+        "--markdown", type=Path, help="write the examples page (docs/protocol-examples.md) here"
+    )
+    parser.add_argument(
         "--limit", type=int, default=160, help="cut strings longer than this in the transcript"
     )
     args = parser.parse_args()
@@ -517,7 +647,10 @@ def main() -> int:
         shutil.rmtree(workdir, ignore_errors=True)
     if args.json:
         args.json.write_text(json.dumps(scenarios, indent=1) + "\n")
-    print_transcript(scenarios, args.limit)
+    if args.markdown:
+        args.markdown.write_text(markdown(scenarios, args.limit))
+    else:
+        print_transcript(scenarios, args.limit)
     return 0
 
 

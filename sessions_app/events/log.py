@@ -135,7 +135,7 @@ def _select(
 # live channel ("" = none). Returns the new seq, or -1 when the counter is missing and no
 # floor was given. The live message is what ``event_publish`` would hand ``group_send``,
 # msgpack-encoded as channels-redis's default serializer does; its frame is the payload
-# with ``"seq"`` added last, as ``json.dumps`` writes it.
+# with ``"seq"`` added last (``frame_text``).
 _APPEND_SCRIPT = """
 if redis.call('EXISTS', KEYS[1]) == 0 then
   if ARGV[4] == '' then return -1 end
@@ -152,7 +152,7 @@ redis.call('XADD', KEYS[2], 'MAXLEN', ARGV[2], seq .. '-1', 'e', ARGV[1])
 redis.call('EXPIRE', KEYS[1], ARGV[3])
 redis.call('EXPIRE', KEYS[2], ARGV[3])
 if ARGV[5] ~= '' then
-  local frame = string.sub(ARGV[1], 1, -2) .. ', "seq": ' .. string.format('%d', seq) .. '}'
+  local frame = string.sub(ARGV[1], 1, -2) .. ',"seq":' .. string.format('%d', seq) .. '}'
   redis.call('PUBLISH', ARGV[5],
     cmsgpack.pack({type = 'session.event', seq = seq, frame = frame}))
 end
@@ -163,7 +163,7 @@ return seq
 def frame_text(payload: str, seq: int) -> str:
     """The frame of a logged event: its payload with ``"seq"`` added last (what the append
     script publishes, too)."""
-    return f'{payload[:-1]}, "seq": {seq}}}'
+    return f'{payload[:-1]},"seq":{seq}}}'
 
 
 def _entry_seq(entry_id: bytes) -> int:

@@ -200,7 +200,7 @@ class ChatConsumer(AsyncWebsocketConsumer):
     async def send_events(self, batch: list[events.Event]) -> None:
         for event in batch:
             if self.delivered is not None and event["seq"] > self.delivered:
-                await self.send_text(json.dumps(event))
+                await self.send_text(json.dumps(event, separators=(",", ":")))
                 self.delivered = event["seq"]
 
     async def session_event(self, message: dict[str, Any]) -> None:
