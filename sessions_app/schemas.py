@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import re
 import uuid
 from datetime import datetime
 from typing import Annotated, Any, Literal
@@ -19,18 +20,36 @@ Role = Literal["system", "developer", "user", "assistant", "tool", "function"]
 MessageStatus = Literal["complete", "streaming", "pending", "interrupted", "failed"]
 
 
+# A lone surrogate (U+D800 to U+DFFF on its own): JSON's "\ud800" escape decodes to one, and
+# no database (nor UTF-8) can store it.
+_LONE_SURROGATE = re.compile("[\ud800-\udfff]")
+
+
+def _encodable(text: str) -> bool:
+    """Whether ``text`` can be stored: UTF-8 encodable, without U+0000."""
+    if text.isascii():
+        return "\x00" not in text
+    return "\x00" not in text and not _LONE_SURROGATE.search(text)
+
+
 def _without_nul(text: str) -> str:
-    # PostgreSQL text cannot hold U+0000: refused as input on every database alike, rather
-    # than stored by SQLite and answered by PostgreSQL with a write failure to retry forever.
+    # PostgreSQL text cannot hold U+0000, and no database holds a lone surrogate: refused as
+    # input on every database alike, rather than stored by one and answered by another with
+    # a write failure to retry forever.
     if "\x00" in text:
         raise ValueError("must not contain the NUL character (U+0000)")
+    if not text.isascii() and _LONE_SURROGATE.search(text):
+        raise ValueError("must be valid Unicode (it holds a lone surrogate, U+D800 to U+DFFF)")
     return text
 
 
 def storable_text(text: str) -> str:
-    """``text`` with U+0000 replaced by U+FFFD, for what a model or a tool produced: it is
-    stored as it came, and PostgreSQL text (and JSON) cannot hold U+0000."""
-    return text.replace("\x00", "\ufffd") if "\x00" in text else text
+    """``text`` with U+0000 and lone surrogates replaced by U+FFFD, for what a model or a
+    tool produced: it is stored as it came otherwise, and PostgreSQL text (and JSON) cannot
+    hold U+0000, nor any database (or UTF-8) a lone surrogate."""
+    if _encodable(text):
+        return text
+    return _LONE_SURROGATE.sub("\ufffd", text.replace("\x00", "\ufffd"))
 
 
 Title = Annotated[

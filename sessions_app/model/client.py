@@ -13,6 +13,7 @@ import logging
 from collections.abc import AsyncIterator
 from dataclasses import dataclass, field
 from typing import Any
+from urllib.parse import urlsplit
 
 import openai
 from django.conf import settings
@@ -166,18 +167,61 @@ def _retry_after(exc: openai.APIStatusError) -> float | None:
         return None
 
 
+def _causes(exc: BaseException) -> list[BaseException]:
+    """``exc`` and what caused it, outermost first (the SDK and its transports wrap)."""
+    chain: list[BaseException] = []
+    current: BaseException | None = exc
+    while current is not None and current not in chain and len(chain) < 20:
+        chain.append(current)
+        current = current.__cause__ or current.__context__
+    return chain
+
+
+def _timed_out(exc: BaseException) -> bool:
+    """Whether ``exc`` is a timeout (the SDK's, asyncio's, or a transport's ``...Timeout``)."""
+    return any(
+        isinstance(c, TimeoutError | openai.APITimeoutError) or type(c).__name__.endswith("Timeout")
+        for c in _causes(exc)
+    ) and not _refused(exc)
+
+
+def _refused(exc: BaseException) -> OSError | None:
+    """The connection error under ``exc`` when the server could not be reached at all (a
+    refused connection, an unknown host): some transports report it as a connect timeout."""
+    for cause in _causes(exc):
+        if isinstance(cause, OSError) and not isinstance(cause, TimeoutError):
+            return cause
+    return None
+
+
+def model_host() -> str:
+    """The model server's host and port, without credentials (for messages and logs)."""
+    parsed = urlsplit(settings.CHAT_MODEL_BASE_URL or "")
+    host = parsed.hostname or "?"
+    return f"{host}:{parsed.port}" if parsed.port else host
+
+
 def model_error_from(exc: BaseException) -> ModelError:
     """The ``ModelError`` for an SDK (or transport) exception."""
     model = settings.CHAT_MODEL
     if isinstance(exc, ModelError):
         return exc
-    if isinstance(exc, openai.APITimeoutError):
+    refused = _refused(exc) if isinstance(exc, openai.APIConnectionError) else None
+    if refused is not None:
+        reason = redact(refused.strerror or type(refused).__name__)
+        return ModelError(
+            "model_unreachable",
+            f"The model server at {model_host()} could not be reached ({reason}).",
+        )
+    if isinstance(exc, openai.APITimeoutError) or _timed_out(exc):
         return ModelError(
             "model_timeout",
             f"The model did not answer within {settings.CHAT_MODEL_TIMEOUT} seconds.",
         )
     if isinstance(exc, openai.APIConnectionError):
-        return ModelError("model_unreachable", "The model server could not be reached.")
+        return ModelError(
+            "model_unreachable", f"The model server at {model_host()} could not be reached."
+        )
     if isinstance(exc, openai.AuthenticationError | openai.PermissionDeniedError):
         return ModelError(
             "model_auth_failed",
@@ -272,7 +316,13 @@ async def stream_chat(
         raise
     except Exception as exc:
         error = model_error_from(exc)
-        if started and error.code in ("model_unreachable", "model_timeout"):
+        if started and error.code == "model_timeout":
+            error = ModelError(
+                "model_timeout",
+                f"The model stopped sending in the middle of its reply for "
+                f"{settings.CHAT_MODEL_TIMEOUT} seconds.",
+            )
+        elif started and error.code == "model_unreachable":
             # The reply had begun: the connection broke in the middle of it.
             error = ModelError(
                 "model_stream_dropped",
@@ -285,6 +335,8 @@ async def stream_chat(
             "model_stream_dropped",
             "The model's reply ended before it was finished.",
         )
+    if finish_reason in ("length", "content_filter"):
+        calls = {}  # cut short: a call's arguments may be cut too, so none is run
     requests = [
         ToolCallRequest(
             id=partial.id or f"call_{index}",

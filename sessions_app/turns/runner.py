@@ -12,7 +12,7 @@ import asyncio
 import logging
 import uuid
 from collections.abc import AsyncIterator
-from typing import Any
+from typing import Any, NamedTuple
 
 from django.conf import settings
 
@@ -46,6 +46,29 @@ from sessions_app.turns.titles import title_make
 logger = logging.getLogger(__name__)
 
 CANCELLED_TOOL_RESULT = "Error: the turn was stopped before this tool finished."
+
+
+class CutShort(NamedTuple):
+    """How a reply the model ended early is stored, and the error the turn ends with."""
+
+    status: str
+    code: str
+    message: str
+
+
+# The model's finish reasons that end a reply before it is whole.
+CUT_SHORT = {
+    "length": CutShort(
+        "interrupted",
+        "model_reply_cut_off",
+        "The model stopped at its length limit: the reply is cut off.",
+    ),
+    "content_filter": CutShort(
+        "failed",
+        "model_reply_filtered",
+        "The model's content filter stopped the reply.",
+    ),
+}
 
 
 class TurnRunner:
@@ -175,6 +198,7 @@ class TurnRunner:
         assert end is not None and placeholder.sequence is not None
         calls = end.tool_calls
         text = "".join(step.text)
+        cut = CUT_SHORT.get(end.finish_reason)
         # The reply and the call's usage in one write; the events follow in their order.
         step.message, totals = await db_sync_to_async(store.message_complete)(
             session_id=self.sid,
@@ -182,7 +206,7 @@ class TurnRunner:
             changes={
                 "content": (text or None) if calls else text,
                 "tool_calls": [c.as_openai() for c in calls] or None,
-                "status": "complete",
+                "status": cut.status if cut else "complete",
             },
             usage=end.usage,
             model=settings.CHAT_MODEL,
@@ -190,6 +214,9 @@ class TurnRunner:
         if end.usage is not None and totals is not None:
             await self.usage_published(end.usage, totals)
         await self.publish(frames.MessageUpdated(message=events.message_out(step.message)))
+        if cut:
+            # The reply is stored as it came, marked; the turn ends with the reason.
+            raise llm.ModelError(cut.code, cut.message)
         return calls
 
     async def record_usage(self, usage: Usage) -> None:

@@ -6,7 +6,9 @@ request, the SSE decoding and the chunk handling are the real ones.
 
 from __future__ import annotations
 
+import asyncio
 import json
+import socket
 from typing import Any
 
 import httpx2
@@ -110,3 +112,61 @@ async def test_an_error_event_in_the_stream_is_a_model_error(
         await collect(messages=[{"role": "user", "content": "hi"}])
     assert caught.value.code == "model_stream_error"
     assert caught.value.message.endswith("during the reply: overloaded")
+
+
+# --- failures of the connection ---------------------------------------------------------------
+
+
+def real_client(monkeypatch: pytest.MonkeyPatch, settings: Any, base_url: str) -> None:
+    """The project's own client (the aiohttp transport), pointed at ``base_url``."""
+    settings.CHAT_MODEL_BASE_URL = base_url
+    settings.CHAT_MODEL_MAX_RETRIES = 0
+    settings.CHAT_MODEL_TIMEOUT = 0.5
+
+
+async def test_nothing_listening_is_unreachable_naming_the_host(
+    monkeypatch: pytest.MonkeyPatch, settings: Any
+) -> None:
+    with socket.socket() as probe:  # a port that was free a moment ago, and closed now
+        probe.bind(("127.0.0.1", 0))
+        port = probe.getsockname()[1]
+    real_client(monkeypatch, settings, f"http://127.0.0.1:{port}/v1")
+    with pytest.raises(llm.ModelError) as caught:
+        await collect(messages=[{"role": "user", "content": "hi"}])
+    assert caught.value.code == "model_unreachable"
+    assert f"127.0.0.1:{port}" in caught.value.message
+    await llm.clients_close()
+
+
+async def test_a_stall_in_the_middle_of_a_reply_is_a_timeout(
+    monkeypatch: pytest.MonkeyPatch, settings: Any
+) -> None:
+    """The server sends its headers and one chunk, then nothing: ``model_timeout`` (not "the
+    connection broke off"), and the text before it stays valid."""
+    release = asyncio.Event()
+
+    async def stalling(reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
+        await reader.readuntil(b"\r\n\r\n")
+        first = sse(chunk(choice({"content": "Hel"}))).split(b"data: [DONE]")[0]
+        writer.write(
+            b"HTTP/1.1 200 OK\r\ncontent-type: text/event-stream\r\n"
+            b"transfer-encoding: chunked\r\n\r\n" + f"{len(first):x}\r\n".encode() + first + b"\r\n"
+        )
+        await writer.drain()
+        await release.wait()
+        writer.close()
+
+    server = await asyncio.start_server(stalling, "127.0.0.1", 0)
+    port = server.sockets[0].getsockname()[1]
+    real_client(monkeypatch, settings, f"http://127.0.0.1:{port}/v1")
+    seen: list[Any] = []
+    with pytest.raises(llm.ModelError) as caught:
+        async for item in llm.stream_chat(messages=[{"role": "user", "content": "hi"}]):
+            seen.append(item)
+    release.set()
+    server.close()
+    await server.wait_closed()
+    await llm.clients_close()
+    assert caught.value.code == "model_timeout", caught.value.message
+    assert "stopped sending" in caught.value.message
+    assert seen == [llm.TextDelta("Hel")]
