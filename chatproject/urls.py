@@ -4,6 +4,10 @@ from django.contrib import admin
 from django.contrib.auth import views as auth_views
 from django.urls import include, path
 
+# The JSON API answers its own errors in JSON, also those raised before a view runs.
+handler400 = "sessions_app.transport.api.bad_request"
+handler500 = "sessions_app.transport.api.server_error"
+
 urlpatterns = [
     path("admin/", admin.site.urls),
     path("accounts/login/", auth_views.LoginView.as_view(), name="login"),

@@ -16,6 +16,9 @@ Every error is ``{"error": {"code", "message", "details"?}}`` with a stable ``co
 | 429 | ``message_rate_limited`` etc. | a limit (docs/reliability.md); ``Retry-After`` if useful |
 | 503 | ``store_write_failed`` | the database refused the write; nothing was saved |
 | 503 | ``server_shutting_down`` | this server process is restarting; send again |
+| 400 | ``bad_request`` | Django could not read the request (a malformed multipart body ...) |
+| 503 | ``store_unavailable`` | the database could not be reached (``retry_after``) |
+| 500 | ``internal_error`` | a failure of the server; nothing is known to have changed |
 
 Clients without websockets use the same events over HTTP: ``POST .../messages/`` starts a
 turn, ``GET .../events/?after=<seq>`` returns the events since a cursor (or a snapshot when
@@ -28,14 +31,18 @@ import functools
 import json
 import logging
 import math
+import sys
 import uuid
 from collections.abc import Callable, Coroutine
 from typing import Any
 
 from django.conf import settings
 from django.core.exceptions import RequestDataTooBig
+from django.db import DatabaseError
 from django.http import HttpRequest, HttpResponse, JsonResponse
 from django.views.csrf import csrf_failure as django_csrf_failure
+from django.views.defaults import bad_request as django_bad_request
+from django.views.defaults import server_error as django_server_error
 from pydantic import BaseModel
 
 from sessions_app import process, store, turns
@@ -319,6 +326,31 @@ async def session_cancel(request: HttpRequest, owner_id: int, session_id: str) -
 
 def not_found(request: HttpRequest, path: str = "") -> HttpResponse:
     return error_response(404, "not_found", f"No API endpoint at /{request.path.lstrip('/')}.")
+
+
+def bad_request(request: HttpRequest, exception: Exception | None = None) -> HttpResponse:
+    """``handler400``: a JSON 400 for the API (a body Django's own parsers refused before any
+    view ran, such as multipart without a boundary); Django's page for everything else."""
+    if request.path.startswith("/api/"):
+        detail = f": {exception}" if exception is not None and str(exception) else ""
+        return error_response(400, "bad_request", f"The request could not be read{detail}.")
+    return django_bad_request(request, exception)
+
+
+def server_error(request: HttpRequest) -> HttpResponse:
+    """``handler500``: the API answers JSON, also for a failure outside its views (the login
+    lookup, a middleware); a database that cannot be reached is a 503 with ``retry_after``."""
+    if not request.path.startswith("/api/"):
+        return django_server_error(request)
+    failure = sys.exc_info()[1]
+    if isinstance(failure, DatabaseError):
+        return error_response(
+            503,
+            "store_unavailable",
+            "The database could not be reached; nothing was changed. Try again shortly.",
+            retry_after=2,
+        )
+    return error_response(500, "internal_error", "The server failed to answer the request.")
 
 
 def csrf_failure(request: HttpRequest, reason: str = "") -> HttpResponse:

@@ -284,3 +284,35 @@ def test_event_endpoints_validate_input(owner_client: Client, session_id: uuid.U
     snapshot = owner_client.get(f"/api/sessions/{session_id}/events/").json()["snapshot"]
     assert [m["content"] for m in snapshot["messages"]] == ["hello", "hi there"]
     assert ChatMessage.objects.filter(session_id=session_id).count() == 2
+
+
+def test_a_body_django_cannot_read_gets_the_json_400(owner: Any) -> None:
+    """Multipart without a boundary: Django's parser refuses it before any view runs (the
+    CSRF check reads the form); the API still answers its documented JSON error."""
+    client = client_for(owner, OWNER_PASSWORD, enforce_csrf_checks=True)
+    token = "a" * 32
+    client.cookies["csrftoken"] = token
+    response = client.generic(
+        "POST",
+        "/api/sessions/",
+        b"x",
+        content_type="multipart/form-data",
+        headers={"X-CSRFToken": token},
+    )
+    assert response.status_code == 400 and response["Content-Type"] == "application/json"
+    assert error_of(response)["code"] == "bad_request"
+    assert not ChatSession.objects.filter(owner=owner).exists()
+
+
+def test_an_unreachable_database_outside_a_write_is_a_json_503(owner: Any) -> None:
+    """A database failure the API's own error mapping does not see (here the session list's
+    read) is the documented JSON 503 with ``retry_after``, not Django's HTML 500 page."""
+    client = client_for(owner, OWNER_PASSWORD, raise_request_exception=False)
+    with mock.patch.object(store, "session_list", side_effect=DatabaseError("gone")):
+        response = client.get("/api/sessions/")
+    assert response.status_code == 503 and response["Content-Type"] == "application/json"
+    error = error_of(response)
+    assert error["code"] == "store_unavailable" and error["retry_after"] == 2
+    assert response["Retry-After"] == "2"
+    page = client.get("/no-such-page/")
+    assert "application/json" not in page["Content-Type"]  # the pages keep Django's
