@@ -328,11 +328,11 @@ def not_found(request: HttpRequest, path: str = "") -> HttpResponse:
     return error_response(404, "not_found", f"No API endpoint at /{request.path.lstrip('/')}.")
 
 
-def bad_request(request: HttpRequest, exception: Exception | None = None) -> HttpResponse:
+def bad_request(request: HttpRequest, exception: Exception) -> HttpResponse:
     """``handler400``: a JSON 400 for the API (a body Django's own parsers refused before any
     view ran, such as multipart without a boundary); Django's page for everything else."""
     if request.path.startswith("/api/"):
-        detail = f": {exception}" if exception is not None and str(exception) else ""
+        detail = f": {exception}" if str(exception) else ""
         return error_response(400, "bad_request", f"The request could not be read{detail}.")
     return django_bad_request(request, exception)
 
