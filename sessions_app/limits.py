@@ -100,6 +100,57 @@ async def check_message_rate(*, owner_id: int) -> None:
         )
 
 
+# --- failed logins ---------------------------------------------------------------------------
+
+# Failed logins are counted over this many minutes, per username and per client address.
+LOGIN_WINDOW_MINUTES = 15
+
+
+def _login_items() -> list[tuple[str, RateLimitItem]]:
+    return [
+        (
+            "login-user",
+            RateLimitItemPerMinute(settings.CHAT_LOGIN_FAILURES_PER_USER, LOGIN_WINDOW_MINUTES),
+        ),
+        (
+            "login-address",
+            RateLimitItemPerMinute(settings.CHAT_LOGIN_FAILURES_PER_ADDRESS, LOGIN_WINDOW_MINUTES),
+        ),
+    ]
+
+
+async def login_refusal(*, username: str, address: str) -> LimitExceeded | None:
+    """The refusal of a login attempt, when the username (whoever tries it) or the client
+    address (whichever usernames it tries) has failed too often in the last
+    ``LOGIN_WINDOW_MINUTES``: then even the right password is refused, or guessing would go
+    on. ``None`` when the attempt may go ahead. Counted in Redis with ``REDIS_URL``."""
+    limiter = _limiter(shared=True)
+    keys = {"login-user": username.casefold(), "login-address": address}
+    for kind, item in _login_items():
+        try:
+            if await limiter.test(item, kind, keys[kind]):
+                continue
+            stats = await limiter.get_window_stats(item, kind, keys[kind])
+        except Exception:
+            logger.warning("rate limiter unavailable; letting a login through", exc_info=True)
+            return None
+        retry_after = max(1.0, math.ceil(stats.reset_time - time.time()))
+        whom = "this username" if kind == "login-user" else "this address"
+        return LimitExceeded(
+            "login_rate_limited",
+            f"Too many failed logins for {whom}; try again in {_seconds(retry_after)}.",
+            retry_after=retry_after,
+        )
+    return None
+
+
+async def login_failed(*, username: str, address: str) -> None:
+    """Count a failed login against the username and the client address."""
+    keys = {"login-user": username.casefold(), "login-address": address}
+    for kind, item in _login_items():
+        await _hit(item, kind, keys[kind], shared=True)
+
+
 class FrameRate:
     """The frames-a-second limit of one socket. The first frame refused in a window gets an
     error; the rest of that window's excess is dropped without one (no amplification)."""

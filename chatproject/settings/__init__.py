@@ -260,6 +260,9 @@ CHAT_WS_MAX_FRAME_BYTES = env_int("CHAT_WS_MAX_FRAME_BYTES", default=256 * 1024,
 # Rate limits count in Redis with REDIS_URL (shared by every process), in memory otherwise.
 CHAT_WS_FRAMES_PER_SECOND = env_int("CHAT_WS_FRAMES_PER_SECOND", default=20, minimum=1)
 CHAT_USER_MESSAGES_PER_MINUTE = env_int("CHAT_USER_MESSAGES_PER_MINUTE", default=30, minimum=1)
+# Failed logins in 15 minutes, per username and per client address, before logins are refused.
+CHAT_LOGIN_FAILURES_PER_USER = env_int("CHAT_LOGIN_FAILURES_PER_USER", default=10, minimum=1)
+CHAT_LOGIN_FAILURES_PER_ADDRESS = env_int("CHAT_LOGIN_FAILURES_PER_ADDRESS", default=50, minimum=1)
 CHAT_USER_MAX_RUNNING_TURNS = env_int("CHAT_USER_MAX_RUNNING_TURNS", default=3, minimum=1)
 CHAT_USER_MAX_OPERATIONS = env_int("CHAT_USER_MAX_OPERATIONS", default=5, minimum=1)
 CHAT_SESSION_MAX_OPERATIONS = env_int("CHAT_SESSION_MAX_OPERATIONS", default=3, minimum=1)

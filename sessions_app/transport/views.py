@@ -9,6 +9,7 @@ Another user's session and a missing one get the same 404 page, whatever ``DEBUG
 
 from __future__ import annotations
 
+import math
 import uuid
 from collections.abc import Callable
 from datetime import datetime
@@ -20,13 +21,16 @@ from asgiref.sync import sync_to_async
 from django import forms
 from django.conf import settings
 from django.contrib import messages
+from django.contrib.auth import views as auth_views
 from django.contrib.auth.decorators import login_required
-from django.http import HttpRequest, HttpResponse
+from django.contrib.auth.forms import AuthenticationForm
+from django.http import HttpRequest, HttpResponse, HttpResponseBase
 from django.shortcuts import redirect, render
 from django.urls import reverse
+from django.utils.cache import add_never_cache_headers
 from django.views.decorators.http import require_GET, require_http_methods, require_POST
 
-from sessions_app import store
+from sessions_app import limits, store
 from sessions_app.errors import LimitExceeded, SessionNotFound, StoreWriteError
 from sessions_app.schemas import PAGE_MAX
 from sessions_app.tools.registry import tools_all
@@ -248,3 +252,34 @@ def session_delete(request: HttpRequest, session_id: uuid.UUID) -> HttpResponse:
     except StoreWriteError as exc:
         return unavailable(request, exc)
     return render(request, "sessions_app/delete.html", {"session": state})
+
+
+# --- login --------------------------------------------------------------------------------------
+
+_django_login = auth_views.LoginView.as_view()
+
+
+def _login_refused(request: HttpRequest, refusal: LimitExceeded) -> HttpResponse:
+    form = AuthenticationForm(request, data=request.POST)
+    context = {"form": form, "refused": refusal.message, "next": request.POST.get("next", "")}
+    response = render(request, "registration/login.html", context, status=429)
+    response["Retry-After"] = str(math.ceil(refusal.retry_after or 1))
+    add_never_cache_headers(response)
+    return response
+
+
+async def login(request: HttpRequest) -> HttpResponseBase:
+    """Django's login view, with failed logins counted per username and per client address
+    (``limits.login_refusal``): past the limit every attempt is answered 429, the right
+    password included, until the window has passed."""
+    if request.method != "POST":
+        return await sync_to_async(_django_login)(request)
+    username = str(request.POST.get("username", ""))[:150]
+    address = str(request.META.get("REMOTE_ADDR") or "unknown")
+    refusal = await limits.login_refusal(username=username, address=address)
+    if refusal is not None:
+        return await sync_to_async(_login_refused)(request, refusal)
+    response: HttpResponseBase = await sync_to_async(_django_login)(request)
+    if response.status_code == 200:  # the form came back: the credentials did not match
+        await limits.login_failed(username=username, address=address)
+    return response
