@@ -26,6 +26,7 @@ from django.conf import settings  # noqa: E402
 from chatproject.routing import websocket_urlpatterns  # noqa: E402
 from sessions_app import process  # noqa: E402
 from sessions_app.local_model import LocalModelApp, LocalModelConfig  # noqa: E402
+from sessions_app.model import client as llm  # noqa: E402
 
 ASGIApp = Callable[[Any, Any, Any], Awaitable[None]]
 
@@ -69,6 +70,8 @@ class StartBackgroundWork:
 
     async def __call__(self, scope: Any, receive: Any, send: Any) -> None:
         process.ensure_started()
+        if settings.CHAT_USING_LOCAL_MODEL:
+            llm.local_model_served_at(scope.get("server"), mount=LOCAL_MODEL_PREFIX)
         await self.app(scope, receive, send)
 
 

@@ -226,10 +226,12 @@ CHAT_SESSIONS_MAX_PAGE_SIZE = 100
 CHAT_TITLE_MAX_LENGTH = 200
 
 # --- The chat model (sessions_app/model/client.py) ---------------------------------------
-# Without OPENAI_BASE_URL the project's own local scripted model answers (docs/local-model.md):
-# mounted at /local-model/ of this server, so LOCAL_MODEL_URL names this server's address.
+# Without OPENAI_BASE_URL the project's own local scripted model answers (docs/local-model.md),
+# mounted at /local-model/ of this server: each server calls it at the address it serves on
+# (learned from its first connection), unless LOCAL_MODEL_URL names another one.
 OPENAI_BASE_URL = env_str("OPENAI_BASE_URL", default="")
 CHAT_USING_LOCAL_MODEL = not OPENAI_BASE_URL
+LOCAL_MODEL_URL_GIVEN = env_str("LOCAL_MODEL_URL", default="") != ""
 LOCAL_MODEL_URL = env_url("LOCAL_MODEL_URL", default="http://127.0.0.1:8000/local-model/v1")
 CHAT_MODEL_BASE_URL = OPENAI_BASE_URL or LOCAL_MODEL_URL
 if OPENAI_BASE_URL:

@@ -55,10 +55,40 @@ def model_info() -> ModelInfo:
 _clients: LoopLocal[AsyncOpenAI] = LoopLocal()
 
 
+# Where this server serves its own local model, learned from the first connection it served
+# (``local_model_served_at``): the embedded default needs no LOCAL_MODEL_URL, whatever port.
+_served_at: str | None = None
+
+
+def local_model_served_at(server: tuple[str, int | None] | None, *, mount: str) -> None:
+    """Learn this server's own address from an ASGI scope's ``server`` (its listening host
+    and port), so the local model mounted at ``mount`` is called there. A wildcard host
+    (``0.0.0.0``, ``::``) is reached on the loopback."""
+    global _served_at
+    if _served_at is not None or not server or server[1] is None:
+        return
+    host, port = server
+    if host in ("", "0.0.0.0", "::"):
+        host = "127.0.0.1"
+    if ":" in host:
+        host = f"[{host}]"
+    _served_at = f"http://{host}:{port}{mount}/v1"
+
+
+def model_base_url() -> str:
+    """The model server's URL: ``OPENAI_BASE_URL``, or ``LOCAL_MODEL_URL`` when it was
+    given, or else the local model of this very server at the address it serves on."""
+    configured = str(settings.CHAT_MODEL_BASE_URL)
+    defaulted = settings.CHAT_USING_LOCAL_MODEL and not settings.LOCAL_MODEL_URL_GIVEN
+    if defaulted and _served_at and configured == settings.LOCAL_MODEL_URL:
+        return _served_at
+    return configured
+
+
 def _client() -> AsyncOpenAI:
     return _clients.get(
         lambda: AsyncOpenAI(
-            base_url=settings.CHAT_MODEL_BASE_URL,
+            base_url=model_base_url(),
             api_key=settings.OPENAI_API_KEY,
             timeout=float(settings.CHAT_MODEL_TIMEOUT),
             max_retries=settings.CHAT_MODEL_MAX_RETRIES,
@@ -196,7 +226,7 @@ def _refused(exc: BaseException) -> OSError | None:
 
 def model_host() -> str:
     """The model server's host and port, without credentials (for messages and logs)."""
-    parsed = urlsplit(settings.CHAT_MODEL_BASE_URL or "")
+    parsed = urlsplit(model_base_url())
     host = parsed.hostname or "?"
     return f"{host}:{parsed.port}" if parsed.port else host
 

@@ -222,3 +222,19 @@ async def test_a_refused_api_key_and_an_unknown_model(owner: Any, cookie: str) -
             assert [e["code"] for e in errors] == [code]
             assert "wrong-key" not in errors[0]["message"]  # never a secret in a frame
             await ws.close()
+
+
+async def test_the_demo_model_answers_on_whatever_port_the_server_serves(
+    owner: Any, cookie: str
+) -> None:
+    """No LOCAL_MODEL_URL: the server calls the local model mounted in itself at the address
+    it serves on (a free port here, never the default 8000)."""
+    with daphne("daphne-any-port", LOCAL_MODEL_URL="") as address:
+        assert not address.endswith(":8000")
+        sid = await database_sync_to_async(store.session_create)(owner_id=owner.pk)
+        ws = await WsClient.open(address, sid.id, cookie)
+        await ws.send(send_frame("hello there"))
+        frames = await ws.until_type("turn_finished")
+        assert frames[-1]["status"] == "completed"
+        assert "hello there" in (await db_messages(sid.id))[1][2]
+        await ws.close()
