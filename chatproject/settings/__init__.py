@@ -78,8 +78,9 @@ INSTALLED_APPS = [
     "whitenoise.runserver_nostatic",
     "django.contrib.staticfiles",
     "channels",
-    "django_tasks_db",
+    # Before django_tasks_db: its db_worker command is ours (sessions_app/management/commands).
     "sessions_app",
+    "django_tasks_db",
 ]
 
 MIDDLEWARE = [

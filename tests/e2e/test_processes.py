@@ -7,6 +7,7 @@ PostgreSQL + Redis pass. In a module of their own: no other server may share the
 
 from __future__ import annotations
 
+import asyncio
 import uuid
 from typing import Any
 
@@ -14,8 +15,11 @@ import pytest
 import redis
 from channels.db import database_sync_to_async
 from django.conf import settings
+from django.db import connection
 
+from sessions_app import operations, store
 from sessions_app.models import Operation
+from sessions_app.schemas import ChatMessageData
 from sessions_app.store import cache as session_cache
 from tests.e2e.support import FAST_LEASES, db_view, is_final, new_session
 from tests.processes import free_port
@@ -140,3 +144,66 @@ async def test_redis_restarted_mid_turn(owner: Any, cookie: str) -> None:
             assert status == 200
             assert cached_message_count(redis_url, session_id) == len(client.view.messages)
     assert redis_url != settings.REDIS_URL  # the suite's own Redis was never touched
+
+
+WORKER_APP_NAME = "chat-test-worker-restart"
+
+
+def _terminate_worker_connections() -> int:
+    """``pg_terminate_backend`` on the worker's connections (what a PostgreSQL restart does
+    to them); how many there were. The worker names them with ``PGAPPNAME``."""
+    with connection.cursor() as cursor:
+        cursor.execute(
+            "SELECT count(pg_terminate_backend(pid)) FROM pg_stat_activity "
+            "WHERE application_name = %s",
+            [WORKER_APP_NAME],
+        )
+        (count,) = cursor.fetchone()
+    return int(count)
+
+
+@pytest.mark.postgres
+@pytest.mark.redis
+async def test_db_worker_goes_on_after_its_connections_are_killed(
+    owner: Any, local_model_url: str
+) -> None:
+    env = {**FAST_LEASES, "CHAT_TASK_WORKER": "external", "LOCAL_MODEL_URL": local_model_url}
+    session_id = await database_sync_to_async(new_session)(owner)
+    with worker_process("worker-restart", **env, PGAPPNAME=WORKER_APP_NAME) as worker:
+        killed = 0
+        for _ in range(100):  # until the polling worker had a connection to lose
+            killed += await database_sync_to_async(_terminate_worker_connections)()
+            if killed:
+                break
+            await asyncio.sleep(0.05)
+        assert killed, "the worker never connected"
+        await asyncio.sleep(0.5)  # let it meet the dead connection before work is queued
+        assert worker.alive(), worker.describe()
+        operation_id = await database_sync_to_async(_queue_timer)(session_id)
+        status = None
+        for _ in range(300):
+            status = await database_sync_to_async(
+                lambda: Operation.objects.get(pk=operation_id).status
+            )()
+            if status == Operation.Status.SUCCEEDED:
+                break
+            await asyncio.sleep(0.1)
+        assert status == Operation.Status.SUCCEEDED, worker.describe()
+        assert worker.alive()
+
+
+def _queue_timer(session_id: uuid.UUID) -> uuid.UUID:
+    """A pending ``timer`` operation of the session, queued as a turn would queue it."""
+    [message] = store.messages_append(
+        session_id=session_id,
+        messages=[ChatMessageData(role="tool", name="timer", tool_call_id="c-1", status="pending")],
+    )
+    op, created, _ = operations.operation_create(
+        session_id=session_id,
+        message=message,
+        tool_name="timer",
+        tool_call_id="c-1",
+        arguments={"seconds": 0.2, "label": "after the restart"},
+    )
+    assert created
+    return op.id
