@@ -81,13 +81,14 @@ def turn_lease_renew(*, session_id: uuid.UUID, turn_id: uuid.UUID) -> bool:
 
 def turn_lease_release(
     *, session_id: uuid.UUID, turn_id: uuid.UUID, event_seq: int | None = None
-) -> None:
-    """Give the lease up; with ``event_seq``, raise the session's event seq floor to it in
-    the same update (``sessions_app.events.log``: where a lost counter restarts)."""
+) -> bool:
+    """Give the lease up; with ``event_seq``, raise the session's event floor to it in the
+    same update (``events.log``: where a lost counter restarts). ``False`` when ``turn_id``
+    did not hold it any more (another process recovered the turn)."""
     changes: dict[str, Any] = {"turn_id": None, "turn_owner": "", "turn_heartbeat_at": None}
     if event_seq is not None:
         changes["last_event_seq"] = Greatest("last_event_seq", Value(event_seq))
-    ChatSession.objects.filter(pk=session_id, turn_id=turn_id).update(**changes)
+    return ChatSession.objects.filter(pk=session_id, turn_id=turn_id).update(**changes) == 1
 
 
 def turn_lease_live(*, session_id: uuid.UUID) -> uuid.UUID | None:

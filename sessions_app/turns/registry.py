@@ -23,6 +23,9 @@ class Turn:
     first_call: FirstCall | None = None
     task: asyncio.Task[None] | None = None
     stop_reason: str = "cancelled"
+    # Set when another process took the lease (presuming this one dead): from then on the
+    # turn belongs to that process's recovery, and this one writes and publishes nothing.
+    lease_lost: bool = False
 
 
 # The turns this process runs, by session.

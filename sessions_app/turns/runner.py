@@ -370,15 +370,18 @@ async def _keep_lease(turn: Turn) -> None:
         )
 
     def lost() -> None:
+        turn.lease_lost = True
         turn_cancel(turn.session_id, reason="interrupted")
 
     await process.keep_renewing(renew, lost, f"turn {turn.turn_id}")
 
 
-async def _release(turn: Turn, event_seq: int | None = None) -> None:
-    await db_sync_to_async(leases.turn_lease_release)(
+async def _release(turn: Turn, event_seq: int | None = None) -> bool:
+    """Give the lease up; ``False`` when another process had taken it."""
+    released = await db_sync_to_async(leases.turn_lease_release)(
         session_id=turn.session_id, turn_id=turn.turn_id, event_seq=event_seq
     )
+    return bool(released)
 
 
 async def turn_run(turn: Turn) -> None:
@@ -396,7 +399,8 @@ async def turn_run(turn: Turn) -> None:
         status = await runner.run()
     except asyncio.CancelledError:
         status = turn.stop_reason
-        await runner.close_step("interrupted")
+        if not turn.lease_lost:  # else the recovering process ended it already
+            await runner.close_step("interrupted")
     except (llm.ModelError, Refused) as exc:
         # A model error, or a refusal of the request before the model saw it (the history
         # does not fit the context window): the error's code tells the user which.
@@ -423,12 +427,17 @@ async def turn_run(turn: Turn) -> None:
         # The session is free before turn_finished says so: a client that sends the moment
         # it sees turn_finished must not be told that a turn is in progress.
         try:
-            # With the event seq floor: the turn_finished event below passes it by one.
-            await _release(turn, runner.last_seq)
+            # With the event floor: the turn_finished event below passes it by one.
+            if not turn.lease_lost and not await _release(turn, runner.last_seq):
+                turn.lease_lost = True
         except Exception:
             logger.warning("could not release turn %s; its lease expires", turn.turn_id)
         finally:
             running_remove(turn)
-        await runner.publish(frames.TurnFinished(status=status, turn_usage=runner.usage))
-    if status == "completed":
+        if turn.lease_lost:
+            # Another process recovered this turn and published its end: one end only.
+            logger.warning("turn %s lost its lease; its end is the recovery's", turn.turn_id)
+        else:
+            await runner.publish(frames.TurnFinished(status=status, turn_usage=runner.usage))
+    if status == "completed" and not turn.lease_lost:
         process.spawn(title_make(turn.session_id), "title")

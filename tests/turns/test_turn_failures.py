@@ -11,8 +11,9 @@ import httpx2
 import pytest
 from openai import AsyncOpenAI
 
-from sessions_app import store
+from sessions_app import events, store, turns
 from sessions_app.model import client as llm
+from sessions_app.turns import recovery
 from tests.chat_fixtures import db_messages, open_socket
 from tests.wsclient import send_frame
 
@@ -109,3 +110,29 @@ async def test_a_reply_the_model_cut_short_says_so(
     stored = await db_messages(session_id)
     assert stored[1][1:] == ("assistant", "The answer is", status)
     assert socket.view.contents() == stored
+
+
+async def test_a_turn_whose_lease_was_taken_over_ends_once(
+    owner: Any, session_id: uuid.UUID, settings: Any
+) -> None:
+    """Another process presumed this one dead (its heartbeats did not arrive in time) and
+    recovered the turn: this process, when it finds its lease gone, writes and publishes
+    nothing more for that turn. One ``turn_finished``, and the stored reply is the one the
+    events last described."""
+    settings.CHAT_HEARTBEAT_SECONDS = 0.05
+    socket = await open_socket(owner, session_id)
+    await socket.send(send_frame("/words 2000"))
+    started = await socket.until_type("turn_started")
+    turn_id = uuid.UUID(started[-1]["turn_id"])
+    await socket.until_type("text_delta")
+    settings.CHAT_LEASE_SECONDS = 0  # every heartbeat is stale now: what the sweep sees
+    assert await recovery.turn_recover(session_id, turn_id)  # the other process's sweep
+    await turns.turn_wait(session_id)  # this process notices at its next renewal
+    logged = await events.events_since(session_id, 0)
+    assert logged is not None
+    finished = [e for e in logged if e["type"] == "turn_finished"]
+    assert [e["status"] for e in finished] == ["interrupted"]
+    assert logged[-1]["type"] == "turn_finished"  # nothing after the recovery's end
+    last_update = [e for e in logged if e["type"] == "message_updated"][-1]["message"]
+    stored = await db_messages(session_id)
+    assert stored[1][1:] == ("assistant", last_update["content"], "interrupted")
