@@ -326,11 +326,16 @@ def session_cache_invalidate(*, session_id: uuid.UUID | str) -> None:
 
 
 def event_floor_get(*, session_id: uuid.UUID | str) -> int:
-    """The session's event floor: the highest event seq saved in the database (0 for a
-    missing session, or one that never had an event)."""
+    """The session's event floor: the highest event seq saved in the database; 0 only for a
+    session with no message (nor a missing one). A session with messages but no saved floor
+    had events whose floor was never written (Redis was down, say): it counts as 1, so a
+    lost counter restarts past them and old cursors get a snapshot."""
     sid = as_uuid(session_id)
-    last = ChatSession.objects.filter(pk=sid).values_list("last_event_seq", flat=True).first()
-    return last or 0
+    row = ChatSession.objects.filter(pk=sid).values_list("last_event_seq", "last_sequence").first()
+    if row is None:
+        return 0
+    floor, messages = row
+    return max(floor, 1 if messages else 0)
 
 
 def event_floor_raise(*, session_id: uuid.UUID | str, seq: int) -> None:

@@ -207,3 +207,30 @@ def _queue_timer(session_id: uuid.UUID) -> uuid.UUID:
     )
     assert created
     return op.id
+
+
+@pytest.mark.postgres
+async def test_a_first_turn_sent_while_redis_is_down_reaches_its_socket(
+    owner: Any, cookie: str
+) -> None:
+    """A never-used session's first message while Redis is down: its events are lost, but
+    the socket that sent it converges on the stored exchange once Redis is back, without a
+    reload (its ping shows the server ahead, its resume gets a snapshot)."""
+    port = free_port()
+    env = {**FAST_LEASES, "REDIS_URL": f"redis://127.0.0.1:{port}/0"}
+    session_id = await database_sync_to_async(new_session)(owner)
+    with redis_process(port) as redis, daphne(**env) as address:
+        client = ResumingClient(address, session_id, cookie)
+        ws = await client.connect()
+        await client.until(lambda f: f["type"] == "snapshot")  # cursor 0: nothing yet
+        redis.kill()
+        await ws.send(send_frame("hello there"))
+        for _ in range(300):  # the turn runs on the database alone
+            stored = await db_view(session_id)
+            if len(stored) == 2 and stored[1][3] == "complete":
+                break
+            await asyncio.sleep(0.1)
+        assert len(stored) == 2 and stored[1][3] == "complete"
+        with redis_process(port):
+            await client.until(lambda f: len(client.view.messages) == 2, deadline=30)
+            assert client.view.contents() == await db_view(session_id)
