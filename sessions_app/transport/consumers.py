@@ -7,7 +7,8 @@ A socket delivers nothing until the client has sent ``resume`` (its cursor, or n
 snapshot); any other first frame implies ``resume`` with null.
 
 Close codes: 4401 not logged in, 4404 no such session (another user's looks the same),
-4429 too many sockets of the user (after an ``error`` frame saying so). Bad frames, and
+4429 too many sockets of the user (after an ``error`` frame saying so), 4503 the server
+cannot serve the socket now (Redis unreachable): reconnect with backoff. Bad frames, and
 frames over the per-socket rate, get an ``error`` frame and the socket carries on.
 """
 
@@ -19,6 +20,7 @@ import logging
 import uuid
 from typing import Any
 
+from asgiref.typing import WebSocketConnectEvent
 from channels.consumer import get_handler_name
 from channels.generic.websocket import AsyncWebsocketConsumer
 from django.conf import settings
@@ -53,6 +55,8 @@ else:
 CLOSE_NOT_AUTHENTICATED = 4401
 CLOSE_NOT_FOUND = 4404
 CLOSE_LIMITED = 4429
+# 1011 would say it, but autobahn lets an application close only with 1000 or 3000-4999.
+CLOSE_UNAVAILABLE = 4503
 
 
 class ChatConsumer(AsyncWebsocketConsumer):
@@ -60,6 +64,35 @@ class ChatConsumer(AsyncWebsocketConsumer):
     owner_id: int
     # The last seq sent to this socket; None until the client resumed.
     delivered: int | None
+    accepted = False
+    connect_received = False
+
+    async def __call__(self, scope: Any, receive: Any, send: Any) -> None:
+        """The socket's life; a failure of the channel layer (Redis unreachable), at the
+        handshake or later, closes it with 4503 (the documented "try again with backoff")
+        instead of an HTTP 500 at the handshake or a dropped connection."""
+        try:
+            await super().__call__(scope, receive, send)
+        except Exception:
+            logger.warning("socket failed; closing it with 4503", exc_info=True)
+            try:
+                if not self.accepted:
+                    # The handshake first (its websocket.connect read, then accepted): a
+                    # close before the accept would be an HTTP 403.
+                    if not self.connect_received:
+                        await asyncio.wait_for(receive(), 5)
+                    await send({"type": "websocket.accept"})
+                await send({"type": "websocket.close", "code": CLOSE_UNAVAILABLE})
+            except Exception:
+                logger.warning("could not close the failed socket", exc_info=True)
+
+    async def websocket_connect(self, message: WebSocketConnectEvent) -> None:
+        self.connect_received = True
+        await super().websocket_connect(message)
+
+    async def accept(self, subprotocol: str | None = None, headers: Any = None) -> None:
+        await super().accept(subprotocol, headers)
+        self.accepted = True
 
     async def dispatch(self, message: dict[str, Any]) -> None:
         """Call the message's handler, without channels' hop to close stale connections.

@@ -16,6 +16,8 @@ import redis
 from channels.db import database_sync_to_async
 from django.conf import settings
 from django.db import connection
+from websockets.asyncio.client import connect
+from websockets.exceptions import ConnectionClosed
 
 from sessions_app import operations, store
 from sessions_app.models import Operation
@@ -234,3 +236,29 @@ async def test_a_first_turn_sent_while_redis_is_down_reaches_its_socket(
         with redis_process(port):
             await client.until(lambda f: len(client.view.messages) == 2, deadline=30)
             assert client.view.contents() == await db_view(session_id)
+
+
+@pytest.mark.postgres
+async def test_a_socket_opened_while_redis_is_down_is_closed_with_4503(
+    owner: Any, cookie: str
+) -> None:
+    """The documented close, not an HTTP 500 at the handshake: a client backs off and tries
+    again, and once Redis is back its socket works."""
+    port = free_port()
+    env = {**FAST_LEASES, "REDIS_URL": f"redis://127.0.0.1:{port}/0"}
+    session_id = await database_sync_to_async(new_session)(owner)
+    with redis_process(port) as redis, daphne(**env) as address:
+        redis.kill()
+        async with connect(
+            f"ws://{address}/ws/sessions/{session_id}/",
+            origin=f"http://{address}",
+            additional_headers={"Cookie": cookie},
+        ) as ws:
+            with pytest.raises(ConnectionClosed) as closed:
+                while True:
+                    await asyncio.wait_for(ws.recv(), 10)
+        assert closed.value.rcvd is not None and closed.value.rcvd.code == 4503
+        with redis_process(port):
+            client = ResumingClient(address, session_id, cookie)
+            await client.connect()
+            await client.until(lambda f: f["type"] == "snapshot", deadline=30)

@@ -11,7 +11,7 @@ import pytest
 from django.test import Client
 from django.urls import reverse
 
-from sessions_app import store
+from sessions_app import events, store
 from sessions_app.errors import SessionNotFound
 from sessions_app.schemas import ChatMessageData
 from tests.conftest import OWNER_PASSWORD, client_for
@@ -128,9 +128,12 @@ def test_chat_page_renders_history_and_snapshot(
     assert response.status_code == 200
     html = response.content.decode()
     assert "Plan a trip" in html and "**day one** is Lisbon." in html
-    assert 'data-seq="0"' in html
+    # Messages but no event yet: the counter starts past any seq that may have gone out
+    # unsaved (events.log, "Counter loss").
+    head = events.SEQ_RESTART_GAP + 1
+    assert f'data-seq="{head}"' in html
     snapshot = embedded_snapshot(html)
-    assert snapshot["type"] == "snapshot" and snapshot["seq"] == 0
+    assert snapshot["type"] == "snapshot" and snapshot["seq"] == head
     assert [m["content"] for m in snapshot["messages"]] == [
         "Plan a trip",
         "Sure: **day one** is Lisbon.",
