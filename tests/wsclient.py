@@ -50,6 +50,8 @@ class ClientView:
             self.messages[message["sequence"]] = dict(message)
         elif kind == "text_delta":
             message = self.messages[frame["message_sequence"]]
+            if message["status"] != "streaming":
+                return  # final already (docs/protocol.md, "Applying frames")
             updated = apply_text_delta(message["content"] or "", frame["offset"], frame["text"])
             assert updated is not None, f"text gap in {frame}"
             message["content"] = updated

@@ -495,6 +495,9 @@
   function applyTextDelta(e) {
     const m = state.messages.get(e.message_sequence);
     if (!m) return false;
+    // A message no longer streaming is final: a late delta (from a process that lost the
+    // turn to another's recovery) must not make it longer than the stored one.
+    if (m.status !== "streaming") return true;
     const content = m.content || "";
     const have = state.cpLength.get(m.sequence) || 0;
     if (e.offset > have) return false;
