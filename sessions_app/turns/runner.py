@@ -46,6 +46,9 @@ from sessions_app.turns.titles import title_make
 logger = logging.getLogger(__name__)
 
 CANCELLED_TOOL_RESULT = "Error: the turn was stopped before this tool finished."
+# A jump of seq this large within one turn means the event counter restarted (a turn and
+# the operations around it publish far fewer events; a restart jumps by SEQ_RESTART_GAP).
+LOG_RESTART_JUMP = events.SEQ_RESTART_GAP // 2
 
 
 class CutShort(NamedTuple):
@@ -96,8 +99,15 @@ class TurnRunner:
         """Publish an event of this turn (it carries the turn's id)."""
         event.turn_id = str(self.turn_id)
         seq = await events.event_publish(self.sid, event)
-        if seq is not None:
-            self.last_seq = seq
+        if seq is None:
+            return
+        if self.last_seq is not None and seq > self.last_seq + LOG_RESTART_JUMP:
+            # The counter restarted past its floor (Redis lost the log): the text streamed
+            # so far goes out again whole, so no reader is left with a hole.
+            logger.warning("event log of session %s restarted; resending the text", self.sid)
+            if self.step is not None and self.step.message.status == "streaming":
+                self.step.resend_all()
+        self.last_seq = seq
 
     async def update(self, message: ChatMessageData, **changes: Any) -> ChatMessageData:
         assert message.sequence is not None

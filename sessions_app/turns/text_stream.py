@@ -56,6 +56,12 @@ class Step:
         self.sent_pieces, self.sent_length = len(self.text), self.length
         return offset, piece
 
+    def resend_all(self) -> None:
+        """Send the whole text again with the next delta, from offset 0: the event log lost
+        the earlier deltas (its Redis restarted), so readers of the log, and clients whose
+        snapshot came from it, may hold only the last checkpoint."""
+        self.sent_pieces = self.sent_length = 0
+
 
 class TextSender:
     """Sends a streaming step's text as it grows, one ``text_delta`` at a time.

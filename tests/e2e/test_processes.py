@@ -8,6 +8,7 @@ PostgreSQL + Redis pass. In a module of their own: no other server may share the
 from __future__ import annotations
 
 import asyncio
+import json
 import uuid
 from typing import Any
 
@@ -23,6 +24,7 @@ from sessions_app import operations, store
 from sessions_app.models import Operation
 from sessions_app.schemas import ChatMessageData
 from sessions_app.store import cache as session_cache
+from sessions_app.transport.feed import apply_text_delta
 from tests.e2e.support import FAST_LEASES, db_view, is_final, new_session
 from tests.processes import free_port
 from tests.servers import (
@@ -262,3 +264,51 @@ async def test_a_socket_opened_while_redis_is_down_is_closed_with_4503(
             client = ResumingClient(address, session_id, cookie)
             await client.connect()
             await client.until(lambda f: f["type"] == "snapshot", deadline=30)
+
+
+@pytest.mark.postgres
+async def test_after_a_redis_restart_a_snapshot_and_the_live_deltas_leave_no_hole(
+    owner: Any, cookie: str
+) -> None:
+    """Redis restarts mid-reply, losing the log's deltas; the database holds the text up to
+    its last checkpoint only (checkpoints are rare here). A socket opened then gets a
+    snapshot with that text, and the reply must go on growing in front of it before the
+    reply ends: the turn sends its whole text again once it sees the log restarted."""
+    port = free_port()
+    env = {
+        **FAST_LEASES,
+        "REDIS_URL": f"redis://127.0.0.1:{port}/0",
+        "CHAT_CHECKPOINT_MS": "60000",
+        "LOCAL_MODEL_WORD_DELAY_MS": "10",
+    }
+    session_id = await database_sync_to_async(new_session)(owner)
+    with redis_process(port) as redis, daphne(**env) as address:
+        first = ResumingClient(address, session_id, cookie)
+        ws = await first.connect()
+        await ws.send(send_frame("/words 3000"))
+        await first.until(lambda f: f["type"] == "text_delta" and f["offset"] > 300)
+        await first.close()
+        redis.kill()
+        with redis_process(port):
+            async with connect(
+                f"ws://{address}/ws/sessions/{session_id}/",
+                origin=f"http://{address}",
+                additional_headers={"Cookie": cookie},
+            ) as late:
+                await late.send(json.dumps({"type": "resume", "last_seq": None}))
+                text: str | None = None
+                grew = False
+                while not grew:
+                    frame = json.loads(await asyncio.wait_for(late.recv(), 30))
+                    if frame["type"] == "snapshot":
+                        reply = frame["messages"][1]
+                        assert reply["status"] == "streaming", "the reply ended too soon"
+                        text = reply["content"] or ""
+                    elif frame["type"] == "text_delta" and text is not None:
+                        longer = apply_text_delta(text, frame["offset"], frame["text"])
+                        grew = longer is not None and len(longer) > len(text)
+                        text = longer or text
+                    elif frame["type"] == "message_updated":
+                        break  # the reply ended: it never grew in front of this socket
+                assert grew, "the reply stayed frozen at its last checkpoint"
+                await late.send(json.dumps({"type": "cancel"}))
