@@ -24,6 +24,11 @@ class StoreWriteError(Exception):
     code = "store_write_failed"
 
 
+class LeaseLost(Exception):
+    """The turn no longer holds its session's lease (another process recovered it): the
+    write was not made, and the turn must write and publish nothing more."""
+
+
 class Refused(Exception):
     """A request the server will not act on, for a reason the client can act on: a stable
     ``code``, a readable message, and (when waiting helps) ``retry_after`` seconds."""

@@ -6,7 +6,7 @@ the running turns counted, the session's row locked, the client message id looke
 messages inserted, the session row moved on. ``message_complete`` is a model call's last
 write: the message changed in place, its usage inserted and added to the session's totals.
 On PostgreSQL each is one call of a function of migration 0004 (``chat_turn_begin_v1``,
-``chat_message_complete_v1``) that takes the same locks in the same order and makes the
+``chat_message_complete_v2``) that takes the same locks in the same order and makes the
 same checks, each statement seeing what committed before it: one round trip, its own
 transaction, because the process's database calls share one thread (``infra.db``) that
 waits for every round trip. Elsewhere (SQLite, or inside a caller's transaction, whose
@@ -27,7 +27,7 @@ from django.db import DatabaseError, connection, transaction
 from django.utils import timezone
 
 from sessions_app import limits
-from sessions_app.errors import SessionNotFound
+from sessions_app.errors import LeaseLost, SessionNotFound
 from sessions_app.schemas import ChatMessageData, Usage
 from sessions_app.store import leases
 from sessions_app.store.messages import message_append_once, message_by_client_id
@@ -177,17 +177,27 @@ def message_complete(
     changes: dict[str, Any],
     usage: Usage | None,
     model: str = "",
+    turn_id: uuid.UUID | None = None,
 ) -> tuple[ChatMessageData, Usage | None]:
     """The last write of a model call: its message changed in place and its token usage
     recorded, in one transaction. Returns the message and the session's usage totals
-    (``None`` without ``usage``).
+    (``None`` without ``usage``). With ``turn_id``, only while that turn holds the
+    session's lease, checked under the session row's lock.
 
-    Raises ``ValueError`` for a change it refuses (before anything is written),
-    ``SessionNotFound``, ``LookupError`` (no such message) and ``StoreWriteError``.
+    Raises ``LeaseLost`` (nothing written), ``ValueError`` for a change it refuses (before
+    anything is written), ``SessionNotFound``, ``LookupError`` (no such message) and
+    ``StoreWriteError``.
     """
     sid = as_uuid(session_id)
     complete = _message_complete_pg if pg_functions_usable() else _message_complete_orm
-    return complete(session_id=sid, sequence=sequence, changes=changes, usage=usage, model=model)
+    return complete(
+        session_id=sid,
+        sequence=sequence,
+        changes=changes,
+        usage=usage,
+        model=model,
+        turn_id=turn_id,
+    )
 
 
 def _message_complete_orm(
@@ -197,10 +207,13 @@ def _message_complete_orm(
     changes: dict[str, Any],
     usage: Usage | None,
     model: str,
+    turn_id: uuid.UUID | None,
 ) -> tuple[ChatMessageData, Usage | None]:
     try:
         with transaction.atomic():
             row = locked_row(session_id, None)
+            if turn_id is not None and row.turn_id != turn_id:
+                raise LeaseLost(f"turn {turn_id} no longer holds session {session_id}")
             updated = message_change(session_id, sequence, changes)
             totals = usage_add(row, usage, model, updated_at=updated.updated_at)
     except DatabaseError as exc:
@@ -215,6 +228,7 @@ def _message_complete_pg(
     changes: dict[str, Any],
     usage: Usage | None,
     model: str,
+    turn_id: uuid.UUID | None,
 ) -> tuple[ChatMessageData, Usage | None]:
     check_updatable(changes)
     # The changed fields as the message would hold them (a ValidationError is a ValueError).
@@ -227,7 +241,7 @@ def _message_complete_pg(
     try:
         with connection.cursor() as cursor:
             cursor.execute(
-                "SELECT * FROM chat_message_complete_v1(%s, %s, %s::jsonb, %s, %s, %s, %s)",
+                "SELECT * FROM chat_message_complete_v2(%s, %s, %s::jsonb, %s, %s, %s, %s, %s)",
                 [
                     session_id,
                     sequence,
@@ -236,6 +250,7 @@ def _message_complete_pg(
                     model,
                     usage.prompt_tokens if usage is not None else None,
                     usage.completion_tokens if usage is not None else None,
+                    turn_id,
                 ],
             )
             row = cursor.fetchone()
@@ -244,6 +259,8 @@ def _message_complete_pg(
     outcome, *fields, created_at, prompt_tokens, completion_tokens = row
     if outcome == "missing":
         raise SessionNotFound(session_id)
+    if outcome == "lease_lost":
+        raise LeaseLost(f"turn {turn_id} no longer holds session {session_id}")
     if outcome == "no_message":
         raise LookupError(f"session {session_id} has no message {sequence}")
     data = dict(zip(MESSAGE_FIELDS, fields, strict=True))

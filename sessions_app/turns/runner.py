@@ -17,7 +17,7 @@ from typing import Any, NamedTuple
 from django.conf import settings
 
 from sessions_app import events, operations, process, store
-from sessions_app.errors import LimitExceeded, Refused, SessionNotFound
+from sessions_app.errors import LeaseLost, LimitExceeded, Refused, SessionNotFound
 from sessions_app.events import frames
 from sessions_app.infra.db import db_sync_to_async
 from sessions_app.model import client as llm
@@ -220,6 +220,7 @@ class TurnRunner:
             },
             usage=end.usage,
             model=settings.CHAT_MODEL,
+            turn_id=self.turn_id,  # nothing is written once another process recovered it
         )
         if end.usage is not None and totals is not None:
             await self.usage_published(end.usage, totals)
@@ -418,6 +419,8 @@ async def turn_run(turn: Turn) -> None:
         await runner.publish(
             frames.ErrorEvent(code=exc.code, message=exc.message, retry_after=exc.retry_after)
         )
+    except LeaseLost:
+        turn.lease_lost = True  # its reply was not written: the recovery's end stands
     except SessionNotFound:
         logger.info("session %s was deleted during turn %s", turn.session_id, turn.turn_id)
         status = "session_deleted"

@@ -17,7 +17,7 @@ from django.test.utils import CaptureQueriesContext
 from django.utils import timezone
 
 from sessions_app import store
-from sessions_app.errors import LimitExceeded, SessionNotFound
+from sessions_app.errors import LeaseLost, LimitExceeded, SessionNotFound
 from sessions_app.models import ChatMessage, ChatSession, UsageRecord
 from sessions_app.schemas import ChatMessageData, Usage
 from sessions_app.store import cache as session_cache
@@ -226,18 +226,16 @@ def test_the_functions_columns_are_the_message_fields() -> None:
     assert set(columns) - {"session_id", "sequence", "created_at", "updated_at"} == set(
         MESSAGE_FIELDS
     )
-    complete_source = _function_source("chat_message_complete_v1")
-    returned = re.search(r"RETURNS TABLE\((.*?)\)\s*LANGUAGE", complete_source, re.S)
-    assert returned is not None
-    names = [c.split()[0] for c in returned.group(1).split(",")]
-    assert names[0] == "outcome" and names[-3:] == [
-        "created_at",
-        "prompt_tokens",
-        "completion_tokens",
-    ]
-    assert tuple(names[1:-3]) == MESSAGE_FIELDS
-    updated = set(re.findall(r"^\s*(\w+) = CASE WHEN p_changes", complete_source, re.M))
-    assert updated == set(MESSAGE_UPDATABLE)
+    for name in ("chat_message_complete_v1", "chat_message_complete_v2"):
+        complete_source = _function_source(name)
+        returned = re.search(r"RETURNS TABLE\((.*?)\)\s*LANGUAGE", complete_source, re.S)
+        assert returned is not None
+        names = [c.split()[0] for c in returned.group(1).split(",")]
+        assert names[0] == "outcome"
+        assert names[-3:] == ["created_at", "prompt_tokens", "completion_tokens"]
+        assert tuple(names[1:-3]) == MESSAGE_FIELDS
+        updated = set(re.findall(r"^\s*(\w+) = CASE WHEN p_changes", complete_source, re.M))
+        assert updated == set(MESSAGE_UPDATABLE)
 
 
 # --- message_complete -----------------------------------------------------------------------
@@ -340,3 +338,40 @@ def test_a_missing_session_or_message_is_said_and_nothing_is_recorded(
         )
     assert not UsageRecord.objects.filter(session_id=session_id).exists()
     assert ChatSession.objects.get(pk=session_id).prompt_tokens == 0
+
+
+@pytest.mark.parametrize("path", ["function", "orm"])
+def test_a_reply_is_not_completed_for_a_turn_that_lost_the_lease(owner: Any, path: str) -> None:
+    """Another process recovered the turn (the lease is another's, or nobody's): the turn's
+    last write changes nothing and says so, on both paths."""
+    session_id = store.session_create(owner_id=owner.pk, title="t").id
+    reply = streaming_reply(session_id)
+    assert reply.sequence is not None
+    ours = begin(session_id, owner.pk).messages  # a turn holds the lease
+    holder = ChatSession.objects.get(pk=session_id).turn_id
+    assert ours and holder is not None
+    before = rows(session_id)
+
+    def complete(turn_id: uuid.UUID) -> Any:
+        call = {
+            "session_id": session_id,
+            "sequence": reply.sequence,
+            "changes": {"content": "late", "status": "complete"},
+            "usage": Usage(prompt_tokens=1, completion_tokens=1),
+            "turn_id": turn_id,
+        }
+        if path == "function":
+            return store.message_complete(**call)
+        with transaction.atomic():
+            return store.message_complete(**call)
+
+    with pytest.raises(LeaseLost):
+        complete(uuid.uuid4())
+    assert rows(session_id) == before
+    assert (
+        not UsageRecord.objects.filter(session_id=session_id, model="")
+        .exclude(prompt_tokens=0)
+        .exists()
+    )
+    updated, _ = complete(holder)  # the holder's own write goes through
+    assert (updated.content, updated.status) == ("late", "complete")
