@@ -106,14 +106,17 @@ async def check_message_rate(*, owner_id: int) -> None:
 LOGIN_WINDOW_MINUTES = 15
 
 
-def _login_items() -> list[tuple[str, RateLimitItem]]:
+def _login_counters(username: str, address: str) -> list[tuple[str, str, RateLimitItem]]:
+    """The failed-login counters an attempt meets: (kind, key, window)."""
     return [
         (
             "login-user",
+            username.casefold(),
             RateLimitItemPerMinute(settings.CHAT_LOGIN_FAILURES_PER_USER, LOGIN_WINDOW_MINUTES),
         ),
         (
             "login-address",
+            address,
             RateLimitItemPerMinute(settings.CHAT_LOGIN_FAILURES_PER_ADDRESS, LOGIN_WINDOW_MINUTES),
         ),
     ]
@@ -125,12 +128,11 @@ async def login_refusal(*, username: str, address: str) -> LimitExceeded | None:
     ``LOGIN_WINDOW_MINUTES``: then even the right password is refused, or guessing would go
     on. ``None`` when the attempt may go ahead. Counted in Redis with ``REDIS_URL``."""
     limiter = _limiter(shared=True)
-    keys = {"login-user": username.casefold(), "login-address": address}
-    for kind, item in _login_items():
+    for kind, key, item in _login_counters(username, address):
         try:
-            if await limiter.test(item, kind, keys[kind]):
+            if await limiter.test(item, kind, key):
                 continue
-            stats = await limiter.get_window_stats(item, kind, keys[kind])
+            stats = await limiter.get_window_stats(item, kind, key)
         except Exception:
             logger.warning("rate limiter unavailable; letting a login through", exc_info=True)
             return None
@@ -146,9 +148,8 @@ async def login_refusal(*, username: str, address: str) -> LimitExceeded | None:
 
 async def login_failed(*, username: str, address: str) -> None:
     """Count a failed login against the username and the client address."""
-    keys = {"login-user": username.casefold(), "login-address": address}
-    for kind, item in _login_items():
-        await _hit(item, kind, keys[kind], shared=True)
+    for kind, key, item in _login_counters(username, address):
+        await _hit(item, kind, key, shared=True)
 
 
 class FrameRate:

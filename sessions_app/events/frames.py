@@ -32,13 +32,14 @@ class Frame(BaseModel):
 
     def encode(self) -> str:
         """The frame's JSON text."""
-        omitted = {name for name in self.OMITTED_WHEN_NONE if getattr(self, name) is None}
-        return self.model_dump_json(exclude=omitted)
+        return self.model_dump_json(exclude=self._omitted())
 
     def as_json(self) -> dict[str, Any]:
         """The frame as JSON-compatible data (for a page or an HTTP body)."""
-        omitted = {name for name in self.OMITTED_WHEN_NONE if getattr(self, name) is None}
-        return self.model_dump(mode="json", exclude=omitted)
+        return self.model_dump(mode="json", exclude=self._omitted())
+
+    def _omitted(self) -> set[str]:
+        return {name for name in self.OMITTED_WHEN_NONE if getattr(self, name) is None}
 
 
 # --- objects inside frames ------------------------------------------------------------------

@@ -207,18 +207,18 @@ def _causes(exc: BaseException) -> list[BaseException]:
     return chain
 
 
-def _timed_out(exc: BaseException) -> bool:
-    """Whether ``exc`` is a timeout (the SDK's, asyncio's, or a transport's ``...Timeout``)."""
+def _timed_out(causes: list[BaseException]) -> bool:
+    """Whether the chain holds a timeout (the SDK's, asyncio's, or a transport's ``...Timeout``)."""
     return any(
         isinstance(c, TimeoutError | openai.APITimeoutError) or type(c).__name__.endswith("Timeout")
-        for c in _causes(exc)
-    ) and not _refused(exc)
+        for c in causes
+    )
 
 
-def _refused(exc: BaseException) -> OSError | None:
-    """The connection error under ``exc`` when the server could not be reached at all (a
+def _refused(causes: list[BaseException]) -> OSError | None:
+    """The connection error in the chain when the server could not be reached at all (a
     refused connection, an unknown host): some transports report it as a connect timeout."""
-    for cause in _causes(exc):
+    for cause in causes:
         if isinstance(cause, OSError) and not isinstance(cause, TimeoutError):
             return cause
     return None
@@ -236,14 +236,15 @@ def model_error_from(exc: BaseException) -> ModelError:
     model = settings.CHAT_MODEL
     if isinstance(exc, ModelError):
         return exc
-    refused = _refused(exc) if isinstance(exc, openai.APIConnectionError) else None
-    if refused is not None:
+    causes = _causes(exc)
+    refused = _refused(causes)
+    if refused is not None and isinstance(exc, openai.APIConnectionError):
         reason = redact(refused.strerror or type(refused).__name__)
         return ModelError(
             "model_unreachable",
             f"The model server at {model_host()} could not be reached ({reason}).",
         )
-    if isinstance(exc, openai.APITimeoutError) or _timed_out(exc):
+    if isinstance(exc, openai.APITimeoutError) or (_timed_out(causes) and refused is None):
         return ModelError(
             "model_timeout",
             f"The model did not answer within {settings.CHAT_MODEL_TIMEOUT} seconds.",

@@ -35,6 +35,7 @@ from sessions_app.process.tasks import (
     draining_set,
     home_loop,
     home_loop_set,
+    services_running,
     spawn,
     spawn_service,
     spawned,
@@ -100,7 +101,7 @@ def ensure_started() -> None:
 
 async def stop() -> None:
     """Cancel this process's services (tests; a new loop starts them again)."""
-    services = [task for task in spawned() if task not in spawned(services=False)]
+    services = services_running()
     for task in services:
         task.cancel()
     if services:

@@ -101,6 +101,11 @@ def spawned(*, services: bool = True) -> list[asyncio.Task[Any]]:
     ]
 
 
+def services_running() -> list[asyncio.Task[Any]]:
+    """The services (``spawn_service``) still running."""
+    return [task for task in _services if not task.done()]
+
+
 async def keep_renewing(
     renew: Callable[[], Awaitable[bool]], on_lost: Callable[[], None], what: str
 ) -> None:
