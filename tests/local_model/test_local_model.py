@@ -354,11 +354,14 @@ async def test_app_stops_streaming_when_the_client_disconnects() -> None:
 
     scope = {"type": "http", "method": "POST", "path": "/v1/chat/completions", "headers": []}
     app = LocalModelApp(LocalModelConfig(word_delay_ms=30))
+    before = asyncio.all_tasks()
     task = asyncio.ensure_future(app(scope, inbox.get, send))
     await asyncio.wait_for(streaming.wait(), timeout=5)
     await inbox.put({"type": "http.disconnect"})
     await asyncio.wait_for(task, timeout=1)
-    # The app has returned: whatever it sent is in ``sent``, and it sends nothing more.
+    # Nothing more after the disconnect: the app has returned, and no task it started is left
+    # to send (a send can only come from a running task).
+    assert asyncio.all_tasks() - before == set()
     assert len(sent) < 20
     assert not any(message.get("more_body") is False for message in sent)
 
